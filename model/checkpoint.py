@@ -1,0 +1,223 @@
+"""Checkpoint I/O: the released Lightning checkpoint and the project's safetensors format.
+
+Project format: one ``.safetensors`` file; the weights are the tensors, and the header's
+metadata holds one JSON document under the key ``neuroverse3d``::
+
+    {"format": "neuroverse3d", "format_version": 1,
+     "architecture": {"channels": [...], "convs_per_block": 2},
+     "grid": {"shape": [128, 128, 128], "voxel_size_mm": 1.5, "template": "MNI152NLin2009cAsym"},
+     "provenance": {...}}
+
+Released format: ``torch.save`` of a Lightning dict (``state_dict`` with keys ``net.*``,
+``hyper_parameters``, possibly an ``argparse.Namespace``). It is read with
+``torch.load(weights_only=True)`` and an explicit allowlist; a file that needs any other
+Python type is refused, naming the type, and nothing from it is executed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .network import Neuroverse3D, NetworkConfig
+
+FORMAT_NAME = "neuroverse3d"
+FORMAT_VERSION = 1
+METADATA_KEY = "neuroverse3d"
+RELEASED_PREFIX = "net."
+
+#: The released model's input grid (our choice of documentation: 128^3 voxels at 1.5 mm in MNI).
+RELEASED_GRID = {"shape": [128, 128, 128], "voxel_size_mm": 1.5, "template": "MNI152NLin2009cAsym"}
+
+#: Python types a released checkpoint may contain besides tensors and plain containers.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the fix.
+
+    ``exit_code`` follows sysexits: 65 (bad data) here, 66 when the file is missing.
+    """
+
+    exit_code = 65
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    exit_code = 66
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------ released
+def _unsafe_globals(path: Path):
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # pragma: no cover - only for files torch cannot even open
+        return []
+
+
+def read_released(path) -> Tuple[Dict[str, Tensor], dict]:
+    """Read a released (Lightning) checkpoint safely -> (state_dict without ``net.``, hparams)."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        allowed = {f"{t.__module__}.{t.__qualname__}" for t in SAFE_GLOBALS}
+        offending = [g for g in _unsafe_globals(path) if g not in allowed]
+        names = ", ".join(offending) or str(error).splitlines()[0]
+        raise CheckpointError(
+            f"{path}: refused to load: the file needs Python objects outside the safe allowlist "
+            f"({names}). Only use checkpoints from a source you trust; the released "
+            f"neuroverse3D.ckpt needs none of these."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise CheckpointError(f"{path}: no 'state_dict' in the checkpoint; is it a Neuroverse3D file?")
+    state = {}
+    for key, value in payload["state_dict"].items():
+        state[key[len(RELEASED_PREFIX):] if key.startswith(RELEASED_PREFIX) else key] = value
+    hparams = payload.get("hyper_parameters") or {}
+    if isinstance(hparams, argparse.Namespace):
+        hparams = vars(hparams)
+    provenance = {k: payload[k] for k in ("epoch", "global_step") if k in payload}
+    provenance["hyper_parameters"] = {k: v for k, v in dict(hparams).items()
+                                      if isinstance(v, (int, float, str, bool, list, type(None)))}
+    return state, provenance
+
+
+def infer_config(state: Dict[str, Tensor]) -> NetworkConfig:
+    """Architecture from tensor shapes: stage channels and convs per residual block."""
+    channels = []
+    while f"target_encoder.enc_blocks.{len(channels)}.target_conv.layers.0.weight" in state:
+        channels.append(state[f"target_encoder.enc_blocks.{len(channels)}.target_conv.layers.0.weight"].shape[0])
+    bottleneck = state.get("target_decoder.enc_blocks.0.target_conv.layers.0.weight")
+    if not channels or bottleneck is None:
+        raise CheckpointError("the weights do not look like a Neuroverse3D network")
+    channels.append(bottleneck.shape[0])
+    pattern = re.compile(r"target_encoder\.enc_blocks\.0\.target_conv\.layers\.(\d+)\.weight")
+    convs = sum(1 for key in state if pattern.fullmatch(key))
+    return NetworkConfig(channels, convs)
+
+
+def _config_from_hparams(hparams: dict, inferred: NetworkConfig) -> NetworkConfig:
+    channels = hparams.get("nb_inner_channels")
+    convs = hparams.get("nb_conv_layers_per_stage")
+    if channels is None or convs is None:
+        return inferred
+    declared = NetworkConfig(channels, convs)
+    if declared != inferred:
+        raise CheckpointError(
+            f"hyper_parameters declare {declared} but the tensors have {inferred}"
+        )
+    return declared
+
+
+# ------------------------------------------------------------------------- project format
+def save_checkpoint(model: Neuroverse3D, path, grid: Optional[dict] = None,
+                    provenance: Optional[dict] = None) -> Path:
+    """Write ``model`` in the project's format (atomically: temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "architecture": model.config.to_dict(),
+        "grid": grid or getattr(model, "metadata", {}).get("grid") or RELEASED_GRID,
+        "provenance": provenance or {},
+    }
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_project(path) -> Tuple[Dict[str, Tensor], dict]:
+    """Read a project-format file -> (state_dict, metadata)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+    if METADATA_KEY not in header:
+        raise CheckpointError(f"{path}: safetensors file without Neuroverse3D metadata; "
+                              f"write it with `neuroverse3d-convert` or save_checkpoint()")
+    metadata = json.loads(header[METADATA_KEY])
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {metadata['format_version']} is newer "
+                              f"than this software supports ({FORMAT_VERSION}); upgrade neuroverse3d")
+    return state, metadata
+
+
+def is_project_file(path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    # safetensors starts with a little-endian u64 header size, then '{'
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def load_checkpoint(path, map_location="cpu") -> Neuroverse3D:
+    """Build a ready (eval-mode) model from a released ``.ckpt`` or a project ``.safetensors``.
+
+    The model carries ``model.metadata``: architecture, grid, provenance, source file and sha256.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path}: model file not found; pass an existing checkpoint "
+                                      "with --model")
+    if is_project_file(path):
+        state, metadata = read_project(path)
+        config = infer_config(state)
+        declared = NetworkConfig(**metadata.get("architecture", {}))
+        if declared != config:
+            raise CheckpointError(f"{path}: metadata declares {declared} but tensors have {config}")
+    else:
+        state, provenance = read_released(path)
+        config = _config_from_hparams(provenance["hyper_parameters"], infer_config(state))
+        metadata = {"format": "lightning", "architecture": config.to_dict(),
+                    "grid": RELEASED_GRID, "provenance": provenance}
+    model = Neuroverse3D(config.channels, config.convs_per_block)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the network ({error})") from None
+    metadata = dict(metadata, source=str(path), sha256=file_sha256(path))
+    model.metadata = metadata
+    return model.to(map_location).eval()
+
+
+def convert_released(source, destination, grid: Optional[dict] = None) -> Path:
+    """Convert a released Lightning checkpoint into the project's format."""
+    model = load_checkpoint(source)
+    provenance = dict(model.metadata["provenance"], converted_from=Path(source).name,
+                      source_sha256=model.metadata["sha256"])
+    return save_checkpoint(model, destination, grid=grid or RELEASED_GRID, provenance=provenance)

@@ -1,0 +1,365 @@
+"""The Neuroverse3D network: two 3D U-Nets joined by target-context fusion.
+
+Module and parameter names follow the released checkpoint (``neuroverse3D.ckpt``) so that
+its ``state_dict`` loads without renaming (after stripping the Lightning ``net.`` prefix).
+
+Notation in shape comments: B batch, L context pairs, n pairs in one mini-context (chunk),
+C_i channels of stage i, D/H/W spatial size at full resolution (divisible by 2**(S-1)).
+
+Data flow (S stages, channels C_0..C_{S-1}):
+
+* target encoder: embed 1 -> C_0, then per stage i < S-1: residual block, keep skip t_i,
+  downsample (conv k4 s2 p1) to C_{i+1}.
+* context U-Net (per pair, image and label as 2 channels): embed 2 -> C_0; per stage i < S-1:
+  residual block, fuse the target skip (``GELU(c + conv1x1(cat[c, t_i]))``), keep skip c_i,
+  downsample; bottleneck residual block; decoder: upsample x2, cat skip, conv1x1, residual
+  block.  The bottleneck and each decoder stage output are the *context features* h_0..h_{S-1}.
+* target decoder: at the bottleneck and after every decoder stage k, residual block then
+  ``GELU(t + mean_pairs(conv1x1(cat[h_k, t])))``; output residual block and conv1x1 -> 1.
+
+Because the fusion conv is linear in h_k, the mean over pairs can be taken over the features
+themselves. That is what makes mini-context (APSP) processing exact: the context branch runs
+chunk by chunk and only the per-level sums of h_k are kept (see :mod:`.apsp`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+RELEASED_CHANNELS = (32, 64, 128, 256, 512)
+RELEASED_CONVS_PER_BLOCK = 2
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture of a Neuroverse3D network (the released model is the default)."""
+
+    channels: Sequence[int] = field(default=RELEASED_CHANNELS)
+    convs_per_block: int = RELEASED_CONVS_PER_BLOCK
+
+    def __post_init__(self):
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if len(self.channels) < 2:
+            raise ValueError("a Neuroverse3D network needs at least 2 stages")
+        if self.convs_per_block < 1:
+            raise ValueError("convs_per_block must be >= 1")
+
+    @property
+    def stages(self) -> int:
+        return len(self.channels)
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial size of the input must be a multiple of this."""
+        return 2 ** (self.stages - 1)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["channels"] = list(self.channels)
+        return data
+
+
+def gelu(x: Tensor) -> Tensor:
+    """Exact (erf) GELU, as in the released model."""
+    return F.gelu(x)
+
+
+def conv_split(x: Tensor, conv: nn.Conv3d, start: int, stop: int, bias: bool) -> Tensor:
+    """Apply the input channels ``start:stop`` of a 1x1x1 conv's weight to ``x``.
+
+    ``conv(cat[a, b]) == conv_split(a, 0, Ca, False) + conv_split(b, Ca, Ca+Cb, True)``:
+    lets a fusion conv act on each half separately, so the concatenation (and the broadcast of
+    the target over context pairs) is never materialised.
+    """
+    return F.conv3d(x, conv.weight[:, start:stop], conv.bias if bias else None)
+
+
+class PairwiseModule(nn.Module):
+    """Apply ``module`` to each context pair: ``[B, n, C, *S] -> [B, n, C', *S']``.
+
+    The released model wraps every context-branch layer this way (hence ``.module.`` in keys).
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, pairs = x.shape[:2]
+        y = self.module(x.flatten(0, 1))
+        return y.unflatten(0, (batch, pairs))
+
+
+class ResidualBlock(nn.Module):
+    """``GELU(x + convs(x))`` with ``convs`` = conv3 (-> GELU -> conv3)*; channels unchanged."""
+
+    def __init__(self, channels: int, convs: int):
+        super().__init__()
+        layers: List[nn.Module] = []
+        for index in range(convs):
+            if index:
+                layers.append(nn.GELU())
+            layers.append(nn.Conv3d(channels, channels, kernel_size=3, padding=1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return gelu(x + self.layers(x))
+
+
+def downsample_conv(c_in: int, c_out: int) -> nn.Conv3d:
+    """Halve the grid: conv kernel 4, stride 2, padding 1."""
+    return nn.Conv3d(c_in, c_out, kernel_size=4, stride=2, padding=1)
+
+
+def upsample(x: Tensor) -> Tensor:
+    """Trilinear x2 (align_corners=False) on ``[N, C, D, H, W]``."""
+    return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+
+
+def upsample_and_merge(x: Tensor, skip: Tensor, conv: nn.Conv3d) -> Tensor:
+    """``conv1x1(cat[up(x), skip])`` without materialising the concatenation.
+
+    x: ``[N, C_{i+1}, d, h, w]``, skip: ``[N, C_i, 2d, 2h, 2w]`` -> ``[N, C_i, 2d, 2h, 2w]``.
+    """
+    c_up = x.shape[1]
+    merged = conv_split(upsample(x), conv, 0, c_up, bias=False)
+    return merged + conv_split(skip, conv, c_up, c_up + skip.shape[1], bias=True)
+
+
+# --------------------------------------------------------------------------- target branch
+class TargetEncoderStage(nn.Module):
+    def __init__(self, channels: int, convs: int):
+        super().__init__()
+        self.target_conv = ResidualBlock(channels, convs)
+
+
+class TargetDownsample(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.target_linear_layer = downsample_conv(c_in, c_out)
+
+
+class TargetUpsample(nn.Module):
+    def __init__(self, c_low: int, c_skip: int):
+        super().__init__()
+        self.target_conv_layer = nn.Conv3d(c_low + c_skip, c_skip, kernel_size=1)
+
+
+class TargetEncoder(nn.Module):
+    """``[B, 1, D, H, W]`` -> (bottleneck ``[B, C_{S-1}, D/2^(S-1), ...]``, skips t_0..t_{S-2})."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        ch, convs = config.channels, config.convs_per_block
+        self.target_embedding = nn.Conv3d(1, ch[0], kernel_size=1)
+        self.enc_blocks = nn.ModuleList(TargetEncoderStage(c, convs) for c in ch[:-1])
+        self.downsample_blocks = nn.ModuleList(
+            TargetDownsample(a, b) for a, b in zip(ch[:-1], ch[1:])
+        )
+
+    def forward(self, target: Tensor):
+        t = self.target_embedding(target)
+        skips = []
+        for block, down in zip(self.enc_blocks, self.downsample_blocks):
+            t = block.target_conv(t)
+            skips.append(t)
+            t = down.target_linear_layer(t)
+        return t, skips
+
+
+class ContextFusion(nn.Module):
+    """Context-to-target fusion: residual block, then ``GELU(t + conv1x1(cat[mean h, t]))``."""
+
+    def __init__(self, channels: int, convs: int):
+        super().__init__()
+        self.target_conv = ResidualBlock(channels, convs)
+        self.combine_conv_target = PairwiseModule(nn.Conv3d(2 * channels, channels, kernel_size=1))
+
+    def forward(self, t: Tensor, context_mean: Tensor) -> Tensor:
+        """t: ``[B, C, *S]``; context_mean: mean context feature over pairs, ``[B, C, *S]``."""
+        t = self.target_conv(t)
+        conv = self.combine_conv_target.module
+        c = t.shape[1]
+        fused = conv_split(context_mean, conv, 0, c, bias=False) + conv_split(t, conv, c, 2 * c, True)
+        return gelu(t + fused)
+
+
+class TargetOutput(nn.Module):
+    def __init__(self, channels: int, convs: int):
+        super().__init__()
+        self.block = nn.Sequential(ResidualBlock(channels, convs), nn.Conv3d(channels, 1, 1))
+
+
+class TargetDecoder(nn.Module):
+    """Bottleneck + S-1 up stages fused with mean context features -> ``[B, 1, D, H, W]``."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        ch, convs = config.channels, config.convs_per_block
+        rev = ch[::-1]  # C_{S-1} .. C_0
+        self.enc_blocks = nn.ModuleList([ContextFusion(rev[0], convs)])
+        self.upsample_blocks = nn.ModuleList(TargetUpsample(a, b) for a, b in zip(rev[:-1], rev[1:]))
+        self.dec_blocks = nn.ModuleList(ContextFusion(c, convs) for c in rev[1:])
+        self.output_block = TargetOutput(ch[0], convs)
+
+    def forward(self, t: Tensor, skips: List[Tensor], context_means: List[Tensor]) -> Tensor:
+        """context_means: h_0 (bottleneck) .. h_{S-1} (full resolution), each ``[B, C, *S]``."""
+        t = self.enc_blocks[0](t, context_means[0])
+        for k, (up, fusion) in enumerate(zip(self.upsample_blocks, self.dec_blocks)):
+            t = upsample_and_merge(t, skips[-1 - k], up.target_conv_layer)
+            t = fusion(t, context_means[k + 1])
+        return self.output_block.block(t)
+
+
+# -------------------------------------------------------------------------- context branch
+class ContextEncoderStage(nn.Module):
+    def __init__(self, channels: int, convs: int, fuse_target: bool):
+        super().__init__()
+        self.context_conv = PairwiseModule(ResidualBlock(channels, convs))
+        if fuse_target:
+            self.combine_conv_context = PairwiseModule(
+                nn.Conv3d(2 * channels, channels, kernel_size=1)
+            )
+
+    def forward(self, c: Tensor, target_skip: Tensor = None) -> Tensor:
+        """c: ``[B, n, C, *S]``; target_skip: ``[B, C, *S]`` (broadcast over the n pairs)."""
+        c = self.context_conv(c)
+        if target_skip is None:
+            return c
+        conv = self.combine_conv_context.module
+        ch = c.shape[2]
+        from_context = F.conv3d(c.flatten(0, 1), conv.weight[:, :ch]).unflatten(0, c.shape[:2])
+        from_target = conv_split(target_skip, conv, ch, 2 * ch, bias=True).unsqueeze(1)
+        return gelu(c + from_context + from_target)
+
+
+class ContextDownsample(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.context_linear_layer = PairwiseModule(downsample_conv(c_in, c_out))
+
+
+class ContextUpsample(nn.Module):
+    def __init__(self, c_low: int, c_skip: int):
+        super().__init__()
+        self.context_conv_layer = PairwiseModule(nn.Conv3d(c_low + c_skip, c_skip, kernel_size=1))
+
+
+class ContextDecoderStage(nn.Module):
+    def __init__(self, channels: int, convs: int):
+        super().__init__()
+        self.context_conv = PairwiseModule(ResidualBlock(channels, convs))
+
+
+class ContextUNet(nn.Module):
+    """Context pairs ``[B, n, 2, D, H, W]`` + target skips -> context features h_0..h_{S-1}.
+
+    h_0 is the bottleneck ``[B, n, C_{S-1}, ...]``; h_k the k-th decoder stage output.
+    """
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        ch, convs = config.channels, config.convs_per_block
+        rev = ch[::-1]
+        self.context_embedding = PairwiseModule(nn.Conv3d(2, ch[0], kernel_size=1))
+        self.enc_blocks = nn.ModuleList(
+            ContextEncoderStage(c, convs, fuse_target=i < len(ch) - 1) for i, c in enumerate(ch)
+        )
+        self.downsample_blocks = nn.ModuleList(
+            ContextDownsample(a, b) for a, b in zip(ch[:-1], ch[1:])
+        )
+        self.upsample_blocks = nn.ModuleList(ContextUpsample(a, b) for a, b in zip(rev[:-1], rev[1:]))
+        self.dec_blocks = nn.ModuleList(ContextDecoderStage(c, convs) for c in rev[1:])
+
+    def forward(self, pairs: Tensor, target_skips: List[Tensor]) -> List[Tensor]:
+        c = self.context_embedding(pairs)
+        skips = []
+        for stage, down, t_skip in zip(self.enc_blocks, self.downsample_blocks, target_skips):
+            c = stage(c, t_skip)
+            skips.append(c)
+            c = down.context_linear_layer(c)
+        c = self.enc_blocks[-1](c)
+        features = [c]
+        for k, (up, stage) in enumerate(zip(self.upsample_blocks, self.dec_blocks)):
+            skip = skips[-1 - k]
+            low = c.flatten(0, 1)
+            c = upsample_and_merge(low, skip.flatten(0, 1), up.context_conv_layer.module)
+            c = stage.context_conv(c.unflatten(0, skip.shape[:2]))
+            features.append(c)
+        return features
+
+
+# ----------------------------------------------------------------------------- the network
+class Neuroverse3D(nn.Module):
+    """In-context learning network for 3D volumes.
+
+    ``Neuroverse3D()`` builds the released configuration (70,854,913 parameters).
+    Inputs are intensities in [0, 1]; every spatial size must be divisible by ``divisor``.
+    """
+
+    def __init__(self, channels: Sequence[int] = RELEASED_CHANNELS,
+                 convs_per_block: int = RELEASED_CONVS_PER_BLOCK):
+        super().__init__()
+        self.config = NetworkConfig(channels, convs_per_block)
+        self.target_encoder = TargetEncoder(self.config)
+        self.context_unet = ContextUNet(self.config)
+        self.target_decoder = TargetDecoder(self.config)
+
+    @property
+    def divisor(self) -> int:
+        return self.config.divisor
+
+    def encode_target(self, target_in: Tensor):
+        """``[B, 1, D, H, W]`` -> (bottleneck, skips); run once per target."""
+        return self.target_encoder(target_in)
+
+    def context_features(self, context_in: Tensor, context_out: Tensor,
+                         target_skips: List[Tensor]) -> List[Tensor]:
+        """One mini-context: ``[B, n, 1, D, H, W]`` x2 -> per-level features ``[B, n, C, ...]``."""
+        return self.context_unet(torch.cat([context_in, context_out], dim=2), target_skips)
+
+    def decode(self, bottleneck: Tensor, target_skips: List[Tensor],
+               context_means: List[Tensor]) -> Tensor:
+        """Target decoder on the mean context features -> ``[B, 1, D, H, W]``."""
+        return self.target_decoder(bottleneck, target_skips, context_means)
+
+    def forward(self, target_in: Tensor, context_in: Tensor, context_out: Tensor,
+                mini_context_size: int = None) -> Tensor:
+        """APSP forward: ``[B,1,D,H,W]``, ``[B,L,1,D,H,W]`` x2 -> ``[B,1,D,H,W]``.
+
+        The context is processed in chunks of ``mini_context_size`` pairs (default: all at once)
+        whose features are summed in float32 and averaged; any chunk size gives the same result.
+        Context tensors may live on another device (e.g. CPU while the network is on a GPU):
+        chunks are moved one at a time.
+        """
+        from .apsp import mean_context_features  # local: apsp imports this module
+
+        check_inputs(target_in, context_in, context_out, self.divisor)
+        bottleneck, skips = self.encode_target(target_in)
+        means = mean_context_features(self, context_in, context_out, skips, mini_context_size)
+        return self.decode(bottleneck, skips, means)
+
+
+def check_inputs(target_in: Tensor, context_in: Tensor, context_out: Tensor, divisor: int):
+    """Raise ``ValueError`` with a clear message when the input shapes cannot work."""
+    if target_in.dim() != 5 or target_in.shape[1] != 1:
+        raise ValueError(f"target_in must be [B, 1, D, H, W], got {list(target_in.shape)}")
+    for name, ctx in (("context_in", context_in), ("context_out", context_out)):
+        if ctx.dim() != 6 or ctx.shape[2] != 1:
+            raise ValueError(f"{name} must be [B, L, 1, D, H, W], got {list(ctx.shape)}")
+        if ctx.shape[0] != target_in.shape[0] or ctx.shape[3:] != target_in.shape[2:]:
+            raise ValueError(
+                f"{name} {list(ctx.shape)} does not match target_in {list(target_in.shape)}"
+            )
+    if context_in.shape[1] != context_out.shape[1] or context_in.shape[1] < 1:
+        raise ValueError("context_in and context_out must hold the same number (>= 1) of pairs")
+    bad = [s for s in target_in.shape[2:] if s % divisor]
+    if bad:
+        raise ValueError(
+            f"spatial size {list(target_in.shape[2:])} is not divisible by {divisor}; "
+            f"pad or resample the volumes to a multiple of {divisor}"
+        )

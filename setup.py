@@ -1,0 +1,56 @@
+"""Install the Neuroverse3D BIDS-App.
+
+The top-level folders ``model/`` and ``workflows/`` are installed as
+``neuroverse_bids.model`` and ``neuroverse_bids.workflows``: no generic top-level names land in
+site-packages.
+"""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "neuroverse_bids" / "__init__.py").read_text()).group(1)
+
+PACKAGE_DIR = {"neuroverse_bids": "neuroverse_bids",
+               "neuroverse_bids.model": "model",
+               "neuroverse_bids.workflows": "workflows"}
+PACKAGES = []
+for name, folder in PACKAGE_DIR.items():
+    PACKAGES.append(name)
+    PACKAGES += [f"{name}.{sub}" for sub in find_packages(folder)]
+
+setup(
+    name="neuroverse3d",
+    version=VERSION,
+    description="Neuroverse3D 3D in-context learning as a BIDS-App",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data={"neuroverse_bids": ["data/*", "data/**/*"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "safetensors",
+        "nibabel>=5",
+        "scipy",
+        "nipype>=1.8",
+        "pybids>=0.16",
+        "templateflow>=24",
+        "antspyx>=0.4",
+        "nilearn>=0.10",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout", "bids-validator-deno"]},
+    entry_points={
+        "console_scripts": [
+            "neuroverse3d=neuroverse_bids.cli.run:main",
+            "neuroverse3d-predict=neuroverse_bids.cli.predict:main",
+            "neuroverse3d-convert=neuroverse_bids.model.convert:main",
+        ]
+    },
+)

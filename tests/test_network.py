@@ -1,0 +1,95 @@
+"""Fidelity of the network to the released model, and exactness of APSP inference."""
+import itertools
+
+import pytest
+import torch
+
+from neuroverse_bids.model import Neuroverse3D, load_checkpoint
+from neuroverse_bids.model.apsp import chunk_bounds, mean_context_features
+
+
+def test_released_config_has_the_released_parameter_count():
+    assert sum(p.numel() for p in Neuroverse3D().parameters()) == 70_854_913
+
+
+def test_released_config_matches_the_manifest_keys_and_shapes(data_dir):
+    rows = (data_dir / "official_full_manifest.tsv").read_text().splitlines()[1:]
+    manifest = {}
+    for row in rows:
+        key, shape = row.split("\t")
+        manifest[key] = tuple(int(s) for s in shape.split("x"))
+    with torch.device("meta"):
+        model = Neuroverse3D()
+    ours = {f"net.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    assert len(manifest) == 132
+    assert ours == manifest
+
+
+@pytest.mark.parametrize("mini_context_size,key", [(1, "output_l1"), (2, "output_l2"), (5, "output_l5")])
+def test_official_small_outputs_match_the_reference(official_small_ckpt, official_io, mini_context_size, key):
+    model = load_checkpoint(official_small_ckpt)
+    with torch.inference_mode():
+        out = model(official_io["target_in"], official_io["context_in"], official_io["context_out"],
+                    mini_context_size=mini_context_size)
+    diff = (out - official_io[key]).abs().max().item()
+    assert out.shape == (1, 1, 32, 32, 32)
+    assert diff <= 1e-5, diff
+
+
+def test_any_mini_context_size_and_chunk_order_give_the_same_output(official_small_ckpt, official_io):
+    model = load_checkpoint(official_small_ckpt)
+    target, ctx_in, ctx_out = (official_io[k] for k in ("target_in", "context_in", "context_out"))
+    with torch.inference_mode():
+        reference = model(target, ctx_in, ctx_out, mini_context_size=5)
+        bottleneck, skips = model.encode_target(target)
+        for m in range(1, 6):
+            chunks = len(chunk_bounds(5, m))
+            for order in itertools.islice(itertools.permutations(range(chunks)), 6):
+                means = mean_context_features(model, ctx_in, ctx_out, skips, m, order=order)
+                out = model.decode(bottleneck, skips, means)
+                assert (out - reference).abs().max().item() <= 1e-5, (m, order)
+
+
+def test_output_depends_on_the_context():
+    torch.manual_seed(1)
+    model = Neuroverse3D(channels=(4, 8, 8)).eval()
+    target = torch.rand(1, 1, 8, 8, 8)
+    ctx_in = torch.rand(1, 3, 1, 8, 8, 8)
+    labels = (torch.rand(1, 3, 1, 8, 8, 8) > 0.5).float()
+    with torch.inference_mode():
+        a = model(target, ctx_in, labels)
+        b = model(target, ctx_in, 1 - labels)
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_context_may_stay_on_another_device_than_the_network():
+    """Chunks are moved to the network's device and dtype one at a time."""
+    torch.manual_seed(2)
+    model = Neuroverse3D(channels=(4, 8, 8)).double().eval()
+    target = torch.rand(1, 1, 8, 8, 8, dtype=torch.float64)
+    ctx_in, ctx_out = torch.rand(1, 4, 1, 8, 8, 8), torch.rand(1, 4, 1, 8, 8, 8)  # float32
+    with torch.inference_mode():
+        out = model(target, ctx_in, ctx_out, mini_context_size=3)
+        ref = model(target, ctx_in.double(), ctx_out.double())
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((1, 1, 10, 8, 8), "not divisible by 4"),
+    ((1, 8, 8, 8), "target_in must be"),
+])
+def test_bad_shapes_are_refused_clearly(shape, message):
+    model = Neuroverse3D(channels=(4, 8, 8))
+    target = torch.rand(*shape)
+    spatial = shape[-3:]
+    ctx = torch.rand(1, 2, 1, *spatial)
+    with pytest.raises(ValueError, match=message):
+        model(target, ctx, ctx)
+
+
+def test_mini_context_size_out_of_range_is_refused():
+    model = Neuroverse3D(channels=(4, 8, 8))
+    ctx = torch.rand(1, 2, 1, 8, 8, 8)
+    with pytest.raises(ValueError, match="mini_context_size must be in 1..2"):
+        model(torch.rand(1, 1, 8, 8, 8), ctx, ctx, mini_context_size=3)
