@@ -51,6 +51,9 @@ setup(
             "neuroverse3d=neuroverse_bids.cli.run:main",
             "neuroverse3d-predict=neuroverse_bids.cli.predict:main",
             "neuroverse3d-convert=neuroverse_bids.model.convert:main",
+            "neuroverse3d-train=neuroverse_bids.model.training.cli:main",
+            "neuroverse3d-manifest=neuroverse_bids.cli.manifest:main",
+            "neuroverse3d-demo-data=neuroverse_bids.cli.demo_data:main",
         ]
     },
 )
