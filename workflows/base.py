@@ -1,0 +1,154 @@
+"""Neuroverse3D workflows: the context set (built once per run) and the per-image ICL workflow.
+
+``init_neuroverse3d_wf`` is the embeddable piece: give it a native-space image, the template, the
+model grid and a context set, get back native- and template-space results and the transforms.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from .interfaces.geometry import RegisterToTemplate, ResampleToReference
+from .interfaces.icl import InContextPredict, NormaliseIntensity, StackContextSet
+from .interfaces.labels import ExtractLabel, ProbabilitiesToMasks
+
+
+def init_context_pair_wf(*, image: str, outputs: Sequence[str] = (),
+                         label_values: Sequence[Optional[int]] = (), task: str = "segmentation",
+                         sloppy: bool = False, seed: int = 0, name: str = "context_pair_wf"):
+    """Register one context pair to the template and resample it onto the model grid.
+
+    Inputs: ``template_file``, ``grid_reference``. Outputs: ``image`` (grid, not normalised),
+    ``outputs`` (list, grid; labels as float {0,1} masks resampled linearly).
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["template_file", "grid_reference"]),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["image", "outputs"]), name="outputnode")
+    register = pe.Node(RegisterToTemplate(in_file=image, sloppy=sloppy, seed=seed), name="register")
+    image_to_grid = pe.Node(ResampleToReference(in_file=image, interpolation="linear"),
+                            name="image_to_grid")
+    workflow.connect([
+        (inputnode, register, [("template_file", "template")]),
+        (inputnode, image_to_grid, [("grid_reference", "reference")]),
+        (register, image_to_grid, [("forward_transform", "transform")]),
+        (image_to_grid, outputnode, [("out_file", "image")]),
+    ])
+    if not outputs:
+        outputnode.inputs.outputs = []
+        return workflow
+    extract = pe.MapNode(ExtractLabel(is_mask=task == "segmentation"),
+                         iterfield=["in_file", "label_value"], name="extract")
+    extract.inputs.in_file = list(outputs)
+    extract.inputs.label_value = list(label_values)
+    outputs_to_grid = pe.MapNode(ResampleToReference(interpolation="linear"),
+                                 iterfield=["in_file"], name="outputs_to_grid")
+    workflow.connect([
+        (inputnode, outputs_to_grid, [("grid_reference", "reference")]),
+        (register, outputs_to_grid, [("forward_transform", "transform")]),
+        (extract, outputs_to_grid, [("out_file", "in_file")]),
+        (outputs_to_grid, outputnode, [("out_file", "outputs")]),
+    ])
+    return workflow
+
+
+def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
+                         inference: Optional[Dict] = None, sloppy: bool = False, seed: int = 0,
+                         name: str = "neuroverse3d_wf"):
+    """In-context prediction for one native-space image.
+
+    Inputs (``inputnode``):
+        in_file         native-space image (e.g. a T1w)
+        template_file   template image the model grid lives in
+        grid_reference  reference image of the model grid (template space)
+        context_set     npz from :func:`init_context_set_wf` (images [L,...], outputs [K,L,...])
+
+    Outputs (``outputnode``):
+        forward_transform / inverse_transform   affine native -> template and back (ITK .mat)
+        template_outputs   K float32 maps on the model grid (probabilities or generated images)
+        native_outputs     the same, back in the native grid (linear interpolation)
+        native_masks, native_dseg, template_masks, template_dseg   segmentation only (> 0.5)
+        info               model name and sha256, precision, mini-context size, timings
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(
+        fields=["in_file", "template_file", "grid_reference", "context_set"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=[
+        "forward_transform", "inverse_transform", "template_outputs", "native_outputs",
+        "native_masks", "native_dseg", "template_masks", "template_dseg", "info"]),
+        name="outputnode")
+
+    register = pe.Node(RegisterToTemplate(sloppy=sloppy, seed=seed), name="register")
+    to_grid = pe.Node(ResampleToReference(interpolation="linear"), name="to_grid")
+    normalise = pe.Node(NormaliseIntensity(), name="normalise")
+    icl = pe.Node(InContextPredict(model=model, output_names=list(output_names),
+                                   **(inference or {})), name="icl", mem_gb=4)
+    to_native = pe.MapNode(ResampleToReference(interpolation="linear", invert=True),
+                           iterfield=["in_file"], name="to_native")
+    workflow.connect([
+        (inputnode, register, [("in_file", "in_file"), ("template_file", "template")]),
+        (inputnode, to_grid, [("in_file", "in_file"), ("grid_reference", "reference")]),
+        (register, to_grid, [("forward_transform", "transform")]),
+        (to_grid, normalise, [("out_file", "in_file")]),
+        (normalise, icl, [("out_file", "target")]),
+        (inputnode, icl, [("context_set", "context_set")]),
+        (icl, to_native, [("out_files", "in_file")]),
+        (inputnode, to_native, [("in_file", "reference")]),
+        (register, to_native, [("forward_transform", "transform")]),
+        (register, outputnode, [("forward_transform", "forward_transform"),
+                                ("inverse_transform", "inverse_transform")]),
+        (icl, outputnode, [("out_files", "template_outputs"), ("info", "info")]),
+        (to_native, outputnode, [("out_file", "native_outputs")]),
+    ])
+    if task == "segmentation":
+        native_masks = pe.Node(ProbabilitiesToMasks(), name="native_masks")
+        template_masks = pe.Node(ProbabilitiesToMasks(), name="template_masks")
+        workflow.connect([
+            (to_native, native_masks, [("out_file", "in_files")]),
+            (icl, template_masks, [("out_files", "in_files")]),
+            (native_masks, outputnode, [("masks", "native_masks"), ("dseg", "native_dseg")]),
+            (template_masks, outputnode, [("masks", "template_masks"), ("dseg", "template_dseg")]),
+        ])
+    return workflow
+
+
+def init_context_set_wf(*, pairs: Sequence, subsets: Dict[str, Sequence[str]], task: str,
+                        degradation: str = "", sloppy: bool = False, seed: int = 0,
+                        name: str = "context_set_wf"):
+    """Register every context pair once, then stack one context set per subset of subjects.
+
+    ``pairs``: objects with ``subject``, ``image``, ``outputs``, ``label_values``.
+    ``subsets``: key -> ordered subject labels; outputnode has one field ``<key>`` per subset.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["template_file", "grid_reference"]),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=list(subsets)), name="outputnode")
+    pair_wfs = {}
+    for pair in pairs:
+        pair_wf = init_context_pair_wf(
+            image=str(pair.image), outputs=[str(p) for p in pair.outputs],
+            label_values=list(pair.label_values), task=task, sloppy=sloppy, seed=seed,
+            name=f"context_sub_{pair.subject}_wf")
+        workflow.connect([(inputnode, pair_wf, [("template_file", "inputnode.template_file"),
+                                                ("grid_reference", "inputnode.grid_reference")])])
+        pair_wfs[pair.subject] = pair_wf
+    for key, subjects in subsets.items():
+        n = len(subjects)
+        merge_images = pe.Node(niu.Merge(n), name=f"merge_images_{key}")
+        merge_outputs = pe.Node(niu.Merge(n, no_flatten=True), name=f"merge_outputs_{key}")
+        stack = pe.Node(StackContextSet(subjects=list(subjects), task=task,
+                                        degradation=degradation, seed=seed), name=f"stack_{key}")
+        for index, subject in enumerate(subjects, start=1):
+            workflow.connect([
+                (pair_wfs[subject], merge_images, [("outputnode.image", f"in{index}")]),
+                (pair_wfs[subject], merge_outputs, [("outputnode.outputs", f"in{index}")]),
+            ])
+        workflow.connect([
+            (merge_images, stack, [("out", "images")]),
+            (merge_outputs, stack, [("out", "outputs")]),
+            (stack, outputnode, [("context_set", key)]),
+        ])
+    return workflow

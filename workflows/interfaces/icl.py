@@ -1,0 +1,163 @@
+"""Interfaces around the model: intensity normalisation, context stacking, the ICL node."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    OutputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from ...model.intensity import normalise_intensity
+from ..niftiio import load_volume, write_nifti_atomic
+
+
+def _out_path(runtime, name: str) -> str:
+    return str(Path(runtime.cwd) / name)
+
+
+class _NormaliseInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="volume on the model grid")
+
+
+class _NormaliseOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="float32 volume in [0, 1]")
+
+
+class NormaliseIntensity(SimpleInterface):
+    """0.5-99.5 percentile clip, then min-max to [0, 1] (``model.intensity``)."""
+
+    input_spec = _NormaliseInputSpec
+    output_spec = _NormaliseOutputSpec
+
+    def _run_interface(self, runtime):
+        img, data = load_volume(self.inputs.in_file)
+        self._results["out_file"] = str(write_nifti_atomic(
+            normalise_intensity(data), img, _out_path(runtime, "normalised.nii.gz")))
+        return runtime
+
+
+class _StackInputSpec(BaseInterfaceInputSpec):
+    images = InputMultiObject(File(exists=True), mandatory=True,
+                              desc="L context images on the model grid")
+    outputs = traits.List(traits.List(File(exists=True)), mandatory=True,
+                          desc="per context pair, its K outputs on the grid (empty: degradation)")
+    subjects = traits.List(traits.Str, mandatory=True, desc="subject label of each pair")
+    task = traits.Enum("segmentation", "generation", mandatory=True)
+    degradation = traits.Str("", usedefault=True, desc="synthetic pairs: degradation name")
+    seed = traits.Int(0, usedefault=True, desc="seed of the synthetic degradations")
+
+
+class _StackOutputSpec(TraitedSpec):
+    context_set = File(exists=True, desc="npz: images [L,D,H,W], outputs [K,L,D,H,W], subjects")
+
+
+class StackContextSet(SimpleInterface):
+    """Normalise and stack the registered context pairs into one file (built once per run).
+
+    Segmentation labels are thresholded at 0.5 after resampling; generation outputs are
+    normalised like images; for a degradation, the input is the degraded clean image.
+    """
+
+    input_spec = _StackInputSpec
+    output_spec = _StackOutputSpec
+
+    def _run_interface(self, runtime):
+        images = np.stack([normalise_intensity(load_volume(p)[1]) for p in self.inputs.images])
+        if self.inputs.degradation:
+            import torch
+
+            from ...model.training.synthesis import degrade
+
+            clean = images
+            degraded = []
+            for index, image in enumerate(clean):
+                generator = torch.Generator().manual_seed(self.inputs.seed * 1000 + index)
+                degraded.append(degrade(self.inputs.degradation, torch.from_numpy(image), generator).numpy())
+            images, outputs = np.stack(degraded).astype(np.float32), clean[None]
+        else:
+            per_pair = []
+            for files in self.inputs.outputs:
+                volumes = [load_volume(f)[1] for f in files]
+                if self.inputs.task == "segmentation":
+                    per_pair.append([(v >= 0.5).astype(np.float32) for v in volumes])
+                else:
+                    per_pair.append([normalise_intensity(v) for v in volumes])
+            outputs = np.asarray(per_pair, dtype=np.float32).transpose(1, 0, 2, 3, 4)  # [K, L, ...]
+        out = _out_path(runtime, "context_set.npz")
+        np.savez(out, images=images.astype(np.float32), outputs=outputs,
+                 subjects=np.asarray(self.inputs.subjects))
+        self._results["context_set"] = out
+        return runtime
+
+
+class _PredictInputSpec(BaseInterfaceInputSpec):
+    target = File(exists=True, mandatory=True, desc="normalised target on the model grid")
+    context_set = File(exists=True, mandatory=True, desc="from StackContextSet")
+    model = File(exists=True, mandatory=True, desc="checkpoint (.ckpt or .safetensors)")
+    output_names = traits.List(traits.Str, mandatory=True, desc="one name per output (K)")
+    device = traits.Str("auto", usedefault=True)
+    precision = traits.Str("auto", usedefault=True)
+    mini_context_size = traits.Either(traits.Int, traits.Str, default="auto", usedefault=True)
+    mem_gb = traits.Either(None, traits.Float, default=None, usedefault=True)
+
+
+class _PredictOutputSpec(TraitedSpec):
+    out_files = OutputMultiObject(File(exists=True), desc="K float32 outputs on the model grid")
+    info = traits.Dict(desc="model, precision, mini-context size, contexts, timings (s)")
+
+
+class InContextPredict(SimpleInterface):
+    """The ICL node: APSP inference through the one :class:`Predictor`."""
+
+    input_spec = _PredictInputSpec
+    output_spec = _PredictOutputSpec
+
+    def _run_interface(self, runtime):
+        import torch
+
+        from ...model import load_checkpoint
+        from ...model.predictor import Predictor
+
+        start = time.perf_counter()
+        img, target = load_volume(self.inputs.target)
+        with np.load(self.inputs.context_set) as stack:
+            images, outputs, subjects = stack["images"], stack["outputs"], stack["subjects"]
+        if outputs.shape[0] != len(self.inputs.output_names):
+            raise ValueError(f"{self.inputs.context_set}: {outputs.shape[0]} outputs but "
+                             f"{len(self.inputs.output_names)} names")
+        model = load_checkpoint(self.inputs.model)
+        predictor = Predictor(model, device=self.inputs.device, precision=self.inputs.precision,
+                              mini_context_size=self.inputs.mini_context_size,
+                              **({"memory_gb": self.inputs.mem_gb} if self.inputs.mem_gb else {}))
+        loaded = time.perf_counter()
+        result = predictor.predict(torch.from_numpy(target), torch.from_numpy(images),
+                                   torch.from_numpy(outputs)).numpy()
+        done = time.perf_counter()
+        files = []
+        for name, volume in zip(self.inputs.output_names, result):
+            files.append(str(write_nifti_atomic(volume.astype(np.float32), img,
+                                                _out_path(runtime, f"{name}.nii.gz"))))
+        meta = model.metadata
+        self._results["out_files"] = files
+        self._results["info"] = {
+            "model": Path(meta.get("source", self.inputs.model)).name,
+            "model_sha256": meta.get("sha256"),
+            "precision": predictor.precision,
+            "device": str(predictor.device),
+            "mini_context_size": getattr(predictor, "last_mini_context_size",
+                                         self.inputs.mini_context_size),
+            "context_subjects": [str(s) for s in subjects],
+            "seconds_load": round(loaded - start, 3),
+            "seconds_inference": round(done - loaded, 3),
+        }
+        Path(runtime.cwd, "info.json").write_text(json.dumps(self._results["info"], indent=2))
+        return runtime
