@@ -1,0 +1,88 @@
+"""Context specifications and the choice of context subjects."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from neuroverse_bids.context_spec import (ContextSpec, Structure, contexts_for, load_context_spec,
+                                          pick_context_pool, spec_from_args)
+from neuroverse_bids.workflows.errors import BadInputError, MissingInputError, UsageError
+
+
+def _write(tmp_path, data):
+    (tmp_path / "labels").mkdir(exist_ok=True)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_spec_file_paths_are_relative_to_the_file(tmp_path):
+    path = _write(tmp_path, {"task": "segmentation", "labels": {"dataset": "labels"},
+                             "structures": [{"name": "brain", "mask": "brain"},
+                                            {"name": "GM", "dseg": "GM"}], "num_contexts": 3})
+    spec = load_context_spec(path)
+    assert spec.label_dataset == (tmp_path / "labels").resolve()
+    assert spec.image_dataset is None and spec.image_suffix == "T1w"
+    assert [s.name for s in spec.structures] == ["brain", "GM"] and spec.num_contexts == 3
+
+
+@pytest.mark.parametrize("data,error,message", [
+    ({"task": "segmentation", "labels": {"dataset": "labels"}, "structures": [], "bogus": 1},
+     UsageError, "unknown keys"),
+    ({"task": "segmentation", "labels": {"dataset": "labels"}}, UsageError, "at least one structure"),
+    ({"task": "segmentation", "labels": {"dataset": "nowhere"}, "structures": [{"name": "a", "mask": "a"}]},
+     MissingInputError, "does not exist"),
+    ({"task": "segmentation", "labels": {"dataset": "labels"},
+      "structures": [{"name": "a", "mask": "a", "dseg": "a"}]}, UsageError, "exactly one"),
+    ({"task": "generation", "degradation": "blur"}, UsageError, "unknown degradation"),
+    ({"task": "generation"}, UsageError, "either a 'degradation'"),
+    ({"task": "classification"}, UsageError, "task must be"),
+])
+def test_bad_specs_are_refused_naming_the_file(tmp_path, data, error, message):
+    path = _write(tmp_path, data)
+    with pytest.raises(error, match=message) as info:
+        load_context_spec(path)
+    assert str(path) in str(info.value) or error is MissingInputError
+
+
+def test_invalid_json_is_a_usage_error(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text("{not json")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        load_context_spec(path)
+    assert UsageError.exit_code == 64
+
+
+def test_flags_build_and_override_specs(tmp_path):
+    (tmp_path / "labels").mkdir()
+    args = SimpleNamespace(context_spec=None, labels_dataset=tmp_path / "labels", mask=["brain"],
+                           dseg_label=["GM"], degradation=None, output_suffix=None, num_contexts=2,
+                           context_seed=5)
+    spec = spec_from_args(args)
+    assert spec.task == "segmentation" and spec.num_contexts == 2 and spec.seed == 5
+    assert spec.structures == [Structure("brain", mask="brain"), Structure("GM", dseg="GM")]
+    gen = spec_from_args(SimpleNamespace(context_spec=None, labels_dataset=None, mask=None, dseg_label=None,
+                                         degradation="gaussian-noise", output_suffix=None,
+                                         num_contexts=None, context_seed=None))
+    assert gen.task == "generation" and gen.output_name == "denoised" and gen.num_contexts == 8
+
+
+def test_a_target_is_never_in_its_own_context():
+    spec = ContextSpec(task="generation", degradation="gaussian-noise", num_contexts=3, seed=1)
+    candidates = [f"{i:02d}" for i in range(1, 9)]
+    targets = candidates[:5]
+    pool = pick_context_pool(candidates, spec, targets)
+    assert len(pool) <= 4
+    for target in targets:
+        chosen = contexts_for(target, pool, spec)
+        assert target not in chosen and len(chosen) == 3
+    assert pick_context_pool(candidates, spec, targets) == pool  # seeded
+    pools = {tuple(pick_context_pool(candidates, ContextSpec(task="generation", degradation="gaussian-noise",
+                                                          num_contexts=3, seed=s), targets)) for s in range(10)}
+    assert len(pools) > 1  # the seed changes the choice
+
+
+def test_too_few_context_subjects_is_reported():
+    spec = ContextSpec(task="generation", degradation="gaussian-noise", num_contexts=3, source="spec.json")
+    with pytest.raises(BadInputError, match="3 context subjects requested but only 2"):
+        pick_context_pool(["01", "02", "03"], spec, ["01"])
