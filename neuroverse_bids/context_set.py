@@ -11,6 +11,7 @@ import numpy as np
 
 from .context_spec import ContextSpec
 from .workflows.errors import BadInputError, MissingInputError
+from .workflows.niftiio import load_volume
 
 
 @dataclass
@@ -103,11 +104,12 @@ def find_context_pairs(spec: ContextSpec, bids_dir: Path) -> Dict[str, ContextPa
 
 
 def check_pair(pair: ContextPair):
-    """Grids agree and no context label is empty (reads the label data)."""
+    """Readable 3D volumes, grids agree, no context label is empty (reads the data)."""
+    load_volume(pair.image)
     for output, value in zip(pair.outputs, pair.label_values):
+        _, data = load_volume(output)
         _check_same_grid(pair.image, output)
         if value is not None or "_mask" in output.name:
-            data = np.asanyarray(nb.load(str(output)).dataobj)
             selected = data == value if value is not None else data > 0
             if not selected.any():
                 what = f"label {value}" if value is not None else "mask"

@@ -1,0 +1,142 @@
+"""End to end: the real ``neuroverse3d`` command on a generated BIDS dataset."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+import torch
+
+from neuroverse_bids.model import Neuroverse3D, save_checkpoint
+
+TEMPLATE = "MNI152NLin2009aSym"
+STRUCTURES = ("brain", "GM", "WM")
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "small.safetensors"
+    grid = {"shape": [32, 32, 32], "voxel_size_mm": 6.0, "template": TEMPLATE}
+    return save_checkpoint(Neuroverse3D(channels=(4, 8, 8)), path, grid=grid,
+                           provenance={"note": "random weights for tests"})
+
+
+def _snapshot(folder: Path):
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _digest(folder: Path):
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "logs" not in path.parts:
+            data = path.read_bytes()
+            if path.suffix == ".gz":  # compare the decompressed image data (gzip stores mtimes)
+                img = nb.load(str(path))
+                data = np.asanyarray(img.dataobj).tobytes() + img.affine.tobytes()
+            out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def _run(demo, out, work, model, *extra):
+    env = dict(os.environ, TEMPLATEFLOW_HOME=str(demo / "templateflow"))
+    command = ["neuroverse3d", str(demo / "bids"), str(out), "participant",
+               "--participant-label", "01", "sub-02", "--context-spec", str(demo / "context-spec.json"),
+               "--model", str(model), "--template", TEMPLATE, "--sloppy", "-w", str(work),
+               "--nprocs", "1", "--precision", "float32", "--device", "cpu", *extra]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
+    return result, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def app_run(demo_dataset, small_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    out, work = root / "out", root / "work"
+    before = _snapshot(demo_dataset / "bids")
+    first, first_seconds = _run(demo_dataset, out, work, small_model)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return {"out": out, "work": work, "demo": demo_dataset, "before": before, "model": small_model,
+            "first_seconds": first_seconds}
+
+
+def test_input_dataset_is_untouched(app_run):
+    assert _snapshot(app_run["demo"] / "bids") == app_run["before"]
+
+
+def test_every_expected_output_exists_with_sidecar_and_native_grid(app_run):
+    out, demo = app_run["out"], app_run["demo"]
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"].lower().startswith("neuroverse3d")
+    assert (out / "dseg.tsv").is_file()
+    for subject in ("01", "02"):
+        anat = out / f"sub-{subject}" / "anat"
+        source = nb.load(str(demo / "bids" / f"sub-{subject}" / "anat" / f"sub-{subject}_T1w.nii.gz"))
+        expected = [f"sub-{subject}_desc-{s}_mask.nii.gz" for s in STRUCTURES]
+        expected += [f"sub-{subject}_label-{s}_probseg.nii.gz" for s in STRUCTURES]
+        expected += [f"sub-{subject}_dseg.nii.gz"]
+        expected += [f"sub-{subject}_space-{TEMPLATE}_desc-{s}_mask.nii.gz" for s in STRUCTURES]
+        expected += [f"sub-{subject}_space-{TEMPLATE}_label-{s}_probseg.nii.gz" for s in STRUCTURES]
+        expected += [f"sub-{subject}_space-{TEMPLATE}_dseg.nii.gz"]
+        for name in expected:
+            path = anat / name
+            assert path.is_file(), name
+            sidecar = json.loads((anat / name.replace(".nii.gz", ".json")).read_text())
+            assert sidecar["Sources"] == [f"bids:raw:sub-{subject}/anat/sub-{subject}_T1w.nii.gz"]
+            assert sidecar["Model"]["SHA256"] and sidecar["Precision"] == "float32"
+            assert len(sidecar["ContextSubjects"]) == 3 and subject not in sidecar["ContextSubjects"]
+            img = nb.load(str(path))
+            if "space-" not in name:
+                assert img.shape == source.shape and np.allclose(img.affine, source.affine), name
+            else:
+                assert img.shape == (32, 32, 32), name
+            if name.endswith("_mask.nii.gz"):
+                assert set(np.unique(np.asanyarray(img.dataobj))) <= {0, 1}
+        for xfm in (f"sub-{subject}_from-T1w_to-{TEMPLATE}_mode-image_xfm.mat",
+                    f"sub-{subject}_from-{TEMPLATE}_to-T1w_mode-image_xfm.mat"):
+            assert (anat / xfm).is_file(), xfm
+    assert not list(out.rglob(".*.nii.gz")), "temporary files left behind"
+
+
+def test_output_dataset_passes_the_bids_validator(app_run):
+    validator = shutil.which("bids-validator-deno")
+    if validator is None:
+        pytest.skip("bids-validator-deno is not installed")
+    result = subprocess.run([validator, str(app_run["out"]), "--json"], capture_output=True, text=True,
+                            timeout=300)
+    report = json.loads(result.stdout)
+    errors = [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
+    assert not errors, errors[:5]
+
+
+def test_second_run_reuses_the_work_dir_and_gives_identical_files(app_run):
+    out = app_run["out"]
+    before = _digest(out)
+    second, seconds = _run(app_run["demo"], out, app_run["work"], app_run["model"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert _digest(out) == before
+    print(f"first run {app_run['first_seconds']:.1f} s, second run {seconds:.1f} s")
+    assert seconds < app_run["first_seconds"]
+
+
+def test_group_level_tabulates_native_volumes(app_run):
+    out = app_run["out"]
+    env = dict(os.environ, TEMPLATEFLOW_HOME=str(app_run["demo"] / "templateflow"))
+    result = subprocess.run(["neuroverse3d", str(app_run["demo"] / "bids"), str(out), "group",
+                             "-w", str(app_run["work"])], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    rows = (out / "group_volumes.tsv").read_text().splitlines()
+    header = rows[0].split("\t")
+    assert header[:3] == ["participant_id", "session_id", "source"] and set(STRUCTURES) <= set(header)
+    assert len(rows) == 3
+    first = dict(zip(header, rows[1].split("\t")))
+    mask = nb.load(str(out / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz"))
+    voxel = float(np.prod(mask.header.get_zooms()[:3]))
+    assert float(first["brain"]) == pytest.approx(np.count_nonzero(np.asanyarray(mask.dataobj)) * voxel)
