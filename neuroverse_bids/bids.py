@@ -174,6 +174,8 @@ def select_participants(layout, labels: Optional[Sequence[str]] = None) -> List[
         raise MissingInputError(f"{root}: the dataset has no sub-<label> folders with data")
     if not labels:
         return available
+    if isinstance(labels, str):
+        labels = [labels]
     wanted = list(dict.fromkeys(_strip(label, "sub-") for label in labels))
     unknown = [label for label in wanted if label not in available]
     if unknown:
@@ -240,6 +242,8 @@ def collect_anatomicals(layout, subject: str, sessions: Optional[Sequence[str]] 
             f"sub-{subject}/[ses-*/]anat/*_{suffix}.nii[.gz]); add one or leave the subject out "
             "with --participant-label")
     query = dict(base, **_pybids_filters(filters))
+    if isinstance(sessions, str):
+        sessions = [sessions]
     if sessions:
         query["session"] = [_strip(s, "ses-") for s in sessions]
     try:

@@ -107,13 +107,15 @@ def test_sidecar_contents(tmp_path, raw):
     out, work = tmp_path / "out", tmp_path / "work"
     extra = "bids:labels:sub-02/anat/sub-02_desc-GM_mask.nii.gz"
     meta = {"Model": {"Name": "neuroverse3d", "SHA256": "0" * 64}, "Precision": "bfloat16",
-            "ContextSubjects": ["02", "03"], "Sources": [extra]}
+            "ContextSubjects": ["02", "03"], "Sources": [extra],
+            "MiniContextSize": np.int64(4), "Spec": tmp_path / "spec.json"}
     image, sidecar = _sink(out, raw, _save(work / "t.nii.gz", np.ones((8, 8, 8), np.float32)),
                            {"desc": "denoised"}, meta=meta)
     assert os.path.basename(image) == "sub-01_ses-1_acq-mp_run-2_desc-denoised_T1w.nii.gz"
     assert sidecar["Sources"] == ["bids:raw:sub-01/ses-1/anat/" + raw.name, extra]
     assert sidecar["Model"] == meta["Model"] and sidecar["Precision"] == "bfloat16"
     assert sidecar["ContextSubjects"] == ["02", "03"]
+    assert sidecar["MiniContextSize"] == 4 and sidecar["Spec"] == str(tmp_path / "spec.json")
     assert sidecar["SkullStripped"] is False
     assert sidecar["SpatialReference"] == sidecar["Sources"][0]
     _, sidecar = _sink(out, raw, _save(work / "t.nii.gz", np.ones((8, 8, 8), np.float32)),

@@ -92,8 +92,17 @@ def _write_text(path, text: str, keep_identical: bool = True) -> Path:
     return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _json_value(value):
+    """JSON form of values json does not know: numpy scalars and arrays, paths."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"cannot store {type(value).__name__} {value!r} in a JSON sidecar")
+
+
 def _write_json(path, content: dict) -> Path:
-    return _write_text(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
+    return _write_text(path, json.dumps(content, indent=2, default=_json_value) + "\n")
 
 
 def bids_uri(path, dataset_root, dataset_name: str = "raw") -> str:
