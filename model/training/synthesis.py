@@ -1,0 +1,232 @@
+"""Task synthesis: input/output pairs made on the fly from clean volumes.
+
+Every function takes a volume ``[D, H, W]`` (float, intensities in [0, 1]) and a seeded
+``torch.Generator`` and returns a new ``[D, H, W]`` volume in [0, 1]; the same generator state
+gives the same result. Parameters follow the Neuroverse3D paper and are configurable through
+:class:`SynthesisConfig`.
+
+Public registry for other packages (the BIDS-App builds generation context pairs with it)::
+
+    from neuroverse_bids.model.training.synthesis import DEGRADATIONS, degrade
+    noisy = degrade("gaussian-noise", clean, torch.Generator().manual_seed(0))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SEGMENTATION = "segmentation"
+#: generation tasks made from one clean image (restoration: input degraded, output clean)
+RESTORATION_TASKS = ("bias-field", "gaussian-noise", "salt-pepper", "inpainting", "super-resolution")
+#: generation tasks that need more than the image
+SPECIAL_TASKS = ("2d-to-3d", "skull-stripping", "modality-transform")
+GENERATION_TASKS = RESTORATION_TASKS + SPECIAL_TASKS
+TASKS = (SEGMENTATION,) + GENERATION_TASKS
+
+
+@dataclass
+class SynthesisConfig:
+    """Degradation parameters (paper values by default)."""
+
+    bias_order: int = 3                      # Legendre polynomial degree (total)
+    bias_scale: float = 0.3                  # coefficients ~ U(-scale, scale), field = exp(poly)
+    noise_std: Tuple[float, float] = (0.15, 0.25)
+    salt_pepper_prob: float = 0.04           # fraction of voxels set to 1, same for 0
+    perlin_cells: Sequence[int] = (2, 4)     # lattice cells per axis, drawn from this list
+    inpaint_fraction: Tuple[float, float] = (0.1, 0.3)
+    overlay_prob: float = 0.05               # random task overlapping, per degradation
+
+
+def uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return float(low + (high - low) * torch.rand((), generator=generator))
+
+
+def minmax(volume: Tensor) -> Tensor:
+    lo, hi = volume.min(), volume.max()
+    return (volume - lo) / (hi - lo) if hi > lo else torch.zeros_like(volume)
+
+
+def _axis_coords(size: int, dtype=torch.float32) -> Tensor:
+    return torch.linspace(-1.0, 1.0, size, dtype=dtype) if size > 1 else torch.zeros(1, dtype=dtype)
+
+
+def legendre(x: Tensor, degree: int) -> list:
+    """``[P_0(x), ..., P_degree(x)]`` by Bonnet's recursion."""
+    polys = [torch.ones_like(x), x]
+    for n in range(1, degree):
+        polys.append(((2 * n + 1) * x * polys[n] - n * polys[n - 1]) / (n + 1))
+    return polys[: degree + 1]
+
+
+def bias_field(shape: Sequence[int], generator: torch.Generator, order: int = 3,
+               scale: float = 0.3) -> Tensor:
+    """Smooth multiplicative field ``exp(sum c_ijk P_i(z) P_j(y) P_k(x))``, i+j+k <= order."""
+    pz, py, px = (legendre(_axis_coords(s), order) for s in shape)
+    log_field = torch.zeros(tuple(shape))
+    for i in range(order + 1):
+        for j in range(order + 1 - i):
+            for k in range(order + 1 - i - j):
+                c = uniform(generator, -scale, scale)
+                log_field += c * pz[i][:, None, None] * py[j][None, :, None] * px[k][None, None, :]
+    return torch.exp(log_field)
+
+
+def add_bias_field(image: Tensor, generator: torch.Generator, order: int = 3,
+                   scale: float = 0.3) -> Tensor:
+    """Multiply by a random Legendre bias field, rescale so the maximum is 1."""
+    biased = image * bias_field(image.shape, generator, order, scale).to(image)
+    peak = biased.max()
+    return biased / peak if peak > 0 else biased
+
+
+def add_gaussian_noise(image: Tensor, generator: torch.Generator,
+                       std: Tuple[float, float] = (0.15, 0.25)) -> Tensor:
+    """Add N(0, s^2) noise, s ~ U(std), then min-max back to [0, 1]."""
+    sigma = uniform(generator, *std)
+    noise = torch.randn(image.shape, generator=generator) * sigma
+    return minmax(image + noise.to(image))
+
+
+def add_salt_pepper(image: Tensor, generator: torch.Generator, prob: float = 0.04) -> Tensor:
+    """Set a fraction ``prob`` of voxels to 1 (salt) and another ``prob`` to 0 (pepper)."""
+    u = torch.rand(image.shape, generator=generator).to(image.device)
+    out = image.clone()
+    out[u < prob] = 1.0
+    out[(u >= prob) & (u < 2 * prob)] = 0.0
+    return out
+
+
+def _fade(t: Tensor) -> Tensor:
+    return t * t * t * (t * (t * 6 - 15) + 10)
+
+
+def perlin_noise(shape: Sequence[int], generator: torch.Generator, cells: int = 4) -> Tensor:
+    """3D gradient (Perlin) noise with ``cells`` lattice cells per axis, values about [-1, 1]."""
+    grads = torch.randn(3, cells + 1, cells + 1, cells + 1, generator=generator)
+    grads = grads / grads.norm(dim=0, keepdim=True).clamp_min(1e-6)
+    index, frac = [], []
+    for axis, size in enumerate(shape):
+        pos = torch.arange(size, dtype=torch.float32) * cells / size
+        cell = pos.floor().long().clamp(max=cells - 1)
+        view = [1, 1, 1]
+        view[axis] = size
+        index.append(cell.view(view))
+        frac.append((pos - cell).view(view))
+    fades = [_fade(f) for f in frac]
+    noise = torch.zeros(tuple(shape))
+    for a in (0, 1):
+        for b in (0, 1):
+            for c in (0, 1):
+                g = grads[:, index[0] + a, index[1] + b, index[2] + c]
+                dot = g[0] * (frac[0] - a) + g[1] * (frac[1] - b) + g[2] * (frac[2] - c)
+                weight = ((fades[0] if a else 1 - fades[0]) * (fades[1] if b else 1 - fades[1])
+                          * (fades[2] if c else 1 - fades[2]))
+                noise += weight * dot
+    return noise * 2.0
+
+
+def perlin_mask(shape: Sequence[int], generator: torch.Generator, cells: Sequence[int] = (2, 4),
+                fraction: Tuple[float, float] = (0.1, 0.3)) -> Tensor:
+    """Boolean blob mask covering a fraction ~ U(fraction) of the volume."""
+    n = int(cells[int(torch.randint(len(cells), (1,), generator=generator))])
+    noise = perlin_noise(shape, generator, n).flatten()
+    keep = uniform(generator, *fraction)
+    k = max(1, min(noise.numel(), int(round((1 - keep) * noise.numel()))))
+    threshold = noise.kthvalue(k).values
+    return (noise > threshold).view(tuple(shape))
+
+
+def add_inpainting_mask(image: Tensor, generator: torch.Generator, cells: Sequence[int] = (2, 4),
+                        fraction: Tuple[float, float] = (0.1, 0.3)) -> Tensor:
+    """Zero the voxels under a random Perlin blob mask."""
+    mask = perlin_mask(image.shape, generator, cells, fraction).to(image.device)
+    return image.masked_fill(mask, 0.0)
+
+
+def downsample_x2(image: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Average-pool by 2 and trilinear-upsample back: a x2 lower resolution (deterministic)."""
+    low = F.avg_pool3d(image[None, None], kernel_size=2, stride=2, ceil_mode=True)
+    return F.interpolate(low, size=tuple(image.shape), mode="trilinear",
+                         align_corners=False)[0, 0].clamp(0, 1)
+
+
+def central_slices(image: Tensor) -> Tensor:
+    """Keep only the three central orthogonal slices; every other voxel is 0."""
+    out = torch.zeros_like(image)
+    d, h, w = (s // 2 for s in image.shape)
+    out[d], out[:, h], out[:, :, w] = image[d], image[:, h], image[:, :, w]
+    return out
+
+
+#: name -> degradation(image [D,H,W] in [0,1], generator) -> [D,H,W] in [0,1]
+DEGRADATIONS: Dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {
+    "gaussian-noise": add_gaussian_noise,
+    "salt-pepper": add_salt_pepper,
+    "inpainting": add_inpainting_mask,
+    "bias-field": add_bias_field,
+    "downsample-x2": downsample_x2,
+}
+#: restoration task -> the degradation that makes its input
+TASK_DEGRADATION = {"bias-field": "bias-field", "gaussian-noise": "gaussian-noise",
+                    "salt-pepper": "salt-pepper", "inpainting": "inpainting",
+                    "super-resolution": "downsample-x2"}
+
+
+def degrade(name: str, image: Tensor, generator: torch.Generator,
+            config: Optional[SynthesisConfig] = None) -> Tensor:
+    """Apply the registered degradation ``name``; deterministic for a seeded generator."""
+    if name not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {name!r}; choose from {', '.join(DEGRADATIONS)}")
+    cfg = config or SynthesisConfig()
+    image = image.float()
+    if name == "gaussian-noise":
+        return add_gaussian_noise(image, generator, cfg.noise_std)
+    if name == "salt-pepper":
+        return add_salt_pepper(image, generator, cfg.salt_pepper_prob)
+    if name == "inpainting":
+        return add_inpainting_mask(image, generator, cfg.perlin_cells, cfg.inpaint_fraction)
+    if name == "bias-field":
+        return add_bias_field(image, generator, cfg.bias_order, cfg.bias_scale)
+    return downsample_x2(image)
+
+
+def draw_overlay(task: str, generator: torch.Generator, prob: float = 0.05) -> list:
+    """Random task overlapping: each degradation (except the task's own) with probability ``prob``.
+
+    Drawn once per group, so that every pair of a context set shows the same task.
+    """
+    own = TASK_DEGRADATION.get(task)
+    return [name for name in DEGRADATIONS
+            if torch.rand((), generator=generator) < prob and name != own]
+
+
+def make_pair(task: str, volumes: Dict[str, Tensor], generator: torch.Generator,
+              overlay: Sequence[str] = (), config: Optional[SynthesisConfig] = None
+              ) -> Tuple[Tensor, Tensor]:
+    """One subject's (input, output) for ``task``.
+
+    volumes: ``image`` (required, [0, 1]); ``label`` (binary, segmentation), ``brain_mask``
+    (skull stripping), ``paired`` (modality transform). ``overlay`` lists extra degradations
+    applied to the input after the task's own.
+    """
+    cfg = config or SynthesisConfig()
+    image = volumes["image"].float()
+    if task == SEGMENTATION:
+        source, target = image, volumes["label"].float()
+    elif task in TASK_DEGRADATION:
+        source, target = degrade(TASK_DEGRADATION[task], image, generator, cfg), image
+    elif task == "2d-to-3d":
+        source, target = central_slices(image), image
+    elif task == "skull-stripping":
+        source, target = image, image * (volumes["brain_mask"] > 0)
+    elif task == "modality-transform":
+        source, target = image, volumes["paired"].float()
+    else:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    for name in overlay:
+        source = degrade(name, source, generator, cfg)
+    return source, target

@@ -1,0 +1,329 @@
+"""The training loop: APSP steps, two stages, validation, logs, atomic exact-resume checkpoints.
+
+Randomness: every group of every step draws from its own generator seeded by
+``(seed, step, group)``, and the chunk that keeps its graph is drawn from it too. A run stopped
+and resumed therefore reproduces the uninterrupted run exactly (model, optimizer, scheduler and
+step are restored), and N data-parallel ranks reproduce one process with the same global batch.
+
+Files in ``output_dir``: ``state.pt`` (resume state), ``model.safetensors`` (latest weights in
+the project format), ``best.safetensors`` (best validation loss), ``log.csv``, ``config.json``,
+``tensorboard/`` when asked.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import fields
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from ..apsp import apsp_training_forward
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..network import Neuroverse3D
+from .augment import AugmentConfig
+from .config import TrainConfig
+from .distributed import (DistContext, all_reduce_gradients, all_reduce_sum_, barrier,
+                          broadcast_parameters)
+from .losses import dice, psnr, task_loss
+from .manifest import load_manifest
+from .sampling import EpisodeSampler, rotations
+from .synthesis import SEGMENTATION, SynthesisConfig
+
+STATE_FILE = "state.pt"
+LOG_COLUMNS = ("step", "stage", "context_size", "mini_context_size", "tasks", "loss", "grad_norm",
+               "lr", "val_loss", "val_dice", "val_psnr", "seconds")
+VAL_SEED_OFFSET = 10_000_019
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (deterministic, order sensitive)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) + 0x632BE59BD9B4E019 + (value << 6) + (value >> 2))) % (1 << 63)
+    return value
+
+
+def generator_for(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(mix_seed(*parts))
+
+
+def _dataclass_with(cls, overrides: dict):
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def torch_save_atomic(payload: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Trainer:
+    """Train (or fine-tune) a Neuroverse3D network from a manifest; see the module doc."""
+
+    def __init__(self, config: TrainConfig, context: Optional[DistContext] = None):
+        config.check()
+        self.cfg, self.ctx = config, context or DistContext()
+        self.out = Path(config.output_dir)
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.device = self.ctx.device
+        torch.manual_seed(config.seed)
+        self.model = self._build_model().to(self.device)
+        broadcast_parameters(self.model, self.ctx)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
+            min_lr=config.min_lr)
+        synthesis = _dataclass_with(SynthesisConfig, config.synthesis)
+        augment = AugmentConfig.disabled() if config.no_augment else _dataclass_with(AugmentConfig, config.augment)
+        manifest = load_manifest(config.manifest)
+        self.sampler = EpisodeSampler(manifest, config.grid, synthesis, augment, config.rates,
+                                      config.tasks, config.cache_size)
+        val_manifest = load_manifest(config.val_manifest) if config.val_manifest else manifest
+        self.val_sampler = EpisodeSampler(val_manifest, config.grid, synthesis,
+                                          AugmentConfig.disabled(), config.rates, config.tasks,
+                                          config.cache_size)
+        self.step = 0
+        self.best = float("inf")
+        self._val_episodes = None
+        self._writer = None
+
+    # ---------------------------------------------------------------------------- set-up
+    def _build_model(self) -> Neuroverse3D:
+        cfg = self.cfg
+        if cfg.init_from:
+            model = load_checkpoint(cfg.init_from)
+            cfg.channels = list(model.config.channels)
+            cfg.convs_per_block = model.config.convs_per_block
+            return model.train()
+        return Neuroverse3D(cfg.channels, cfg.convs_per_block).train()
+
+    def plan(self, step: int):
+        """(stage, context size L, mini-context size m) of ``step``; same on every rank."""
+        cfg = self.cfg
+        if step < cfg.stage1_steps:
+            size = cfg.stage1_context_size
+            return 1, size, size
+        lo, hi = cfg.stage2_context_sizes
+        size = lo + int(torch.randint(hi - lo + 1, (1,), generator=generator_for(cfg.seed, step, -1)))
+        return 2, size, min(cfg.mini_context_size, size)
+
+    # ------------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": torch.tensor(self.step),
+                "best": torch.tensor(self.best, dtype=torch.float64),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "config": json.dumps(self.cfg.to_dict())}
+
+    def save(self) -> None:
+        """Resume state and the project-format model, both written atomically (rank 0)."""
+        if not self.ctx.is_main:
+            return
+        torch_save_atomic(self.state_dict(), self.out / STATE_FILE)
+        save_checkpoint(self.model, self.out / "model.safetensors", grid=self.grid_metadata(),
+                        provenance=self.provenance())
+
+    def grid_metadata(self) -> dict:
+        return {"shape": list(self.cfg.grid), "voxel_size_mm": self.cfg.voxel_size_mm,
+                "template": self.cfg.template}
+
+    def provenance(self) -> dict:
+        return {"trained_with": "neuroverse3d-train", "step": self.step, "seed": self.cfg.seed,
+                "manifest": str(self.cfg.manifest), "init_from": self.cfg.init_from,
+                "best_val_loss": self.best}
+
+    def resume(self) -> bool:
+        """Load ``state.pt`` from the output folder when present; True when resumed."""
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best = int(state["step"]), float(state["best"])
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and len(state["rng_cuda"]):
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        return True
+
+    # -------------------------------------------------------------------------- training
+    def _autocast(self):
+        if not self.cfg.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train_step(self) -> Dict[str, object]:
+        """One optimizer step over the global batch; this rank does its share of groups."""
+        cfg, step = self.cfg, self.step
+        stage, size, mini = self.plan(step)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        local_loss, tasks = torch.zeros((), dtype=torch.float64), []
+        for group in range(self.ctx.rank, cfg.batch_size, self.ctx.world_size):
+            generator = generator_for(cfg.seed, step, group)
+            episode = self.sampler.sample(generator, size)
+            batch = {k: v.to(self.device) for k, v in
+                     rotations(episode.inputs, episode.outputs, cfg.targets_per_group).items()}
+            with self._autocast():
+                pred = apsp_training_forward(self.model, batch["target_in"], batch["context_in"],
+                                             batch["context_out"], mini, generator=generator)
+            loss = task_loss(pred, batch["target_out"], episode.task, cfg.gradient_weight,
+                             cfg.loss_beta, cfg.task_weights) / cfg.batch_size
+            loss.backward()
+            local_loss += loss.detach().double().cpu()
+            tasks.append(episode.task)
+        all_reduce_gradients(self.model, self.ctx)
+        all_reduce_sum_(local_loss, self.ctx)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return {"step": self.step, "stage": stage, "context_size": size, "mini_context_size": mini,
+                "tasks": "+".join(tasks), "loss": float(local_loss), "grad_norm": float(norm),
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    # ------------------------------------------------------------------------ validation
+    def validation_episodes(self):
+        if self._val_episodes is None:
+            cfg = self.cfg
+            self._val_episodes = [
+                self.val_sampler.sample(generator_for(cfg.seed + VAL_SEED_OFFSET, i), cfg.val_context_size)
+                for i in range(self.ctx.rank, cfg.val_episodes, self.ctx.world_size)]
+        return self._val_episodes
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """Mean loss over fixed episodes (first member as target); Dice for segmentation, PSNR else."""
+        self.model.eval()
+        sums = torch.zeros(5, dtype=torch.float64)  # loss, dice sum, n seg, psnr sum, n gen
+        for episode in self.validation_episodes():
+            batch = {k: v.to(self.device) for k, v in rotations(episode.inputs, episode.outputs, 1).items()}
+            with self._autocast():
+                pred = self.model(batch["target_in"], batch["context_in"], batch["context_out"],
+                                  mini_context_size=min(self.cfg.mini_context_size, batch["context_in"].shape[1]))
+            pred = pred.float()
+            sums[0] += float(task_loss(pred, batch["target_out"], episode.task, self.cfg.gradient_weight,
+                                       self.cfg.loss_beta, self.cfg.task_weights))
+            if episode.task == SEGMENTATION:
+                sums[1] += dice(pred, batch["target_out"])
+                sums[2] += 1
+            else:
+                sums[3] += min(psnr(pred, batch["target_out"]), 100.0)
+                sums[4] += 1
+        all_reduce_sum_(sums, self.ctx)
+        self.model.train()
+        nan = float("nan")
+        return {"val_loss": float(sums[0]) / max(self.cfg.val_episodes, 1),
+                "val_dice": float(sums[1] / sums[2]) if sums[2] else nan,
+                "val_psnr": float(sums[3] / sums[4]) if sums[4] else nan}
+
+    # --------------------------------------------------------------------------- logging
+    def _open_log(self):
+        path = self.out / "log.csv"
+        rows = []
+        if path.is_file():  # keep only rows up to the resumed step
+            with open(path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= self.step]
+        handle = open(path, "w", newline="")
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        handle.flush()
+        return handle, writer
+
+    def _tensorboard(self):
+        if not self.cfg.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("neuroverse3d-train: tensorboard is not installed; logging to log.csv only",
+                  file=sys.stderr)
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _progress(self, total: int):
+        if not (self.cfg.progress and self.ctx.is_main):
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, initial=self.step, unit="step", dynamic_ncols=True)
+
+    # ------------------------------------------------------------------------------- run
+    def fit(self) -> Dict[str, float]:
+        """Train until ``steps`` (or ``stop_after``); returns the last validation metrics."""
+        cfg = self.cfg
+        self.resume()
+        last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+        log_file = writer = None
+        if self.ctx.is_main:
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+            log_file, writer = self._open_log()
+            self._writer = self._tensorboard()
+        bar = self._progress(last_step)
+        metrics: Dict[str, float] = {}
+        try:
+            while self.step < last_step:
+                start = time.perf_counter()
+                row = self.train_step()
+                if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                    metrics = self.validate()
+                    self.scheduler.step(metrics["val_loss"])
+                    row.update(metrics)
+                    if metrics["val_loss"] < self.best:
+                        self.best = metrics["val_loss"]
+                        if self.ctx.is_main:
+                            save_checkpoint(self.model, self.out / "best.safetensors",
+                                            grid=self.grid_metadata(), provenance=self.provenance())
+                row["seconds"] = round(time.perf_counter() - start, 4)
+                if self.ctx.is_main:
+                    self._log(row, writer, log_file, bar)
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.save()
+            if not (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
+                self.save()
+            barrier(self.ctx)
+        finally:
+            if log_file is not None:
+                log_file.close()
+            if bar is not None:
+                bar.close()
+            if self._writer is not None:
+                self._writer.close()
+        return metrics
+
+    def _log(self, row: dict, writer, log_file, bar) -> None:
+        if self.step % max(self.cfg.log_every, 1) == 0 or "val_loss" in row:
+            writer.writerow(row)
+            log_file.flush()
+        if self._writer is not None:
+            for key in ("loss", "grad_norm", "lr", "val_loss", "val_dice", "val_psnr"):
+                if key in row:
+                    self._writer.add_scalar(key, row[key], self.step)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", stage=row["stage"], L=row["context_size"])
+        elif self.step % max(self.cfg.log_every, 1) == 0 and self.cfg.progress:
+            print(f"step {self.step}/{self.cfg.steps} loss {row['loss']:.4f}", file=sys.stderr)
