@@ -11,7 +11,6 @@ from .. import __version__
 from ..context_set import check_pair, find_context_pairs
 from ..context_spec import contexts_for, pick_context_pool, spec_from_args
 from ..workflows.errors import MissingInputError, NeuroverseError
-from ..workflows.niftiio import load_volume
 
 LOGGER = logging.getLogger("neuroverse3d")
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "data" / "neuroverse3d_default.safetensors"
@@ -80,9 +79,6 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     targets = {s: collect_anatomicals(layout, s, sessions=args.session_label,
                                       filters=filters.get(spec.image_suffix.lower()),
                                       suffix=spec.image_suffix) for s in subjects}
-    for images in targets.values():
-        for image in images:
-            load_volume(image)  # readable, 3D, finite: fail now rather than inside the workflow
     pairs = find_context_pairs(spec, bids_dir)
     pool = pick_context_pool(list(pairs), spec, subjects)
     for subject in pool:
