@@ -1,0 +1,110 @@
+"""Trainer: exact resume, a short run that learns, the CLI, fine-tuning from a checkpoint."""
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from neuroverse_bids.model import load_checkpoint, save_checkpoint
+from neuroverse_bids.model.network import Neuroverse3D
+from neuroverse_bids.model.training import TrainConfig, Trainer
+from neuroverse_bids.model.training.cli import main as train_main
+from neuroverse_bids.model.training.toy import make_toy_dataset
+
+
+@pytest.fixture(scope="module")
+def toy8(tmp_path_factory):
+    return make_toy_dataset(tmp_path_factory.mktemp("toy8"), subjects=4, shape=(8, 8, 8), seed=2)
+
+
+def _config(manifest, out, **overrides):
+    base = dict(manifest=str(manifest), output_dir=str(out), channels=[4, 8], grid=[8, 8, 8],
+                steps=4, stage1_steps=2, stage2_context_sizes=[1, 3], batch_size=2,
+                targets_per_group=2, val_every=2, val_episodes=2, val_context_size=2,
+                ckpt_every=0, lr=1e-3, progress=False, log_every=1, seed=5)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_stopped_and_resumed_run_matches_uninterrupted_run(toy8, tmp_path):
+    straight = Trainer(_config(toy8, tmp_path / "a"))
+    straight.fit()
+    first = Trainer(_config(toy8, tmp_path / "b", stop_after=2))
+    first.fit()
+    assert first.step == 2
+    second = Trainer(_config(toy8, tmp_path / "b"))  # same folder: resumes from state.pt
+    assert second.resume() and second.step == 2
+    second.fit()
+    assert second.step == 4
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(5)  # the run's seed: the same initial weights
+    init = Neuroverse3D((4, 8)).state_dict()
+    assert any(not torch.equal(init[k], a[k]) for k in a)  # training moved them
+    sa, sb = straight.optimizer.state_dict(), second.optimizer.state_dict()
+    assert all(torch.equal(sa["state"][i]["exp_avg_sq"], sb["state"][i]["exp_avg_sq"]) for i in sa["state"])
+    # the log holds each step once, with the validation rows
+    with open(tmp_path / "b" / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert rows[1]["val_loss"] and rows[3]["val_loss"]
+    assert {r["stage"] for r in rows} == {"1", "2"}
+
+
+def test_stage_plan(toy8, tmp_path):
+    trainer = Trainer(_config(toy8, tmp_path, steps=60, stage1_steps=10, stage2_context_sizes=[1, 8],
+                              mini_context_size=3))
+    assert all(trainer.plan(s) == (1, 3, 3) for s in range(10))
+    sizes = [trainer.plan(s) for s in range(10, 60)]
+    assert {st for st, _, _ in sizes} == {2}
+    assert all(1 <= size <= 8 and mini == min(3, size) for _, size, mini in sizes)
+    assert len({size for _, size, _ in sizes}) >= 5
+
+
+def test_short_run_lowers_validation_loss_and_writes_a_loadable_checkpoint(tmp_path):
+    manifest = make_toy_dataset(tmp_path / "data", subjects=5, shape=(16, 16, 16), seed=3)
+    cfg = _config(manifest, tmp_path / "run", channels=[4, 8], grid=[16, 16, 16], steps=24,
+                  stage1_steps=24, stage1_context_size=2, batch_size=1, targets_per_group=1,
+                  tasks=["segmentation", "skull-stripping"], no_augment=True, val_every=24,
+                  val_episodes=4, lr=3e-3, ckpt_every=12, seed=0)
+    trainer = Trainer(cfg)
+    initial = trainer.validate()["val_loss"]
+    final = trainer.fit()["val_loss"]
+    print(f"validation loss {initial:.4f} -> {final:.4f}")
+    assert final < initial
+    model = load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert model.config.channels == (4, 8)
+    assert model.metadata["grid"]["shape"] == [16, 16, 16]
+    assert model.metadata["provenance"]["step"] == 24
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    assert not list((tmp_path / "run").glob(".*"))  # no temporary files left behind
+
+
+def test_cli_config_file_flags_and_fine_tuning(toy8, tmp_path):
+    torch.manual_seed(1)
+    start = Neuroverse3D((4, 8))
+    save_checkpoint(start, tmp_path / "start.safetensors", grid={"shape": [8, 8, 8]})
+    config = {"manifest": str(toy8), "channels": [32, 64], "grid": [8, 8, 8], "steps": 2,
+              "stage1_steps": 1, "batch_size": 1, "targets_per_group": 2, "val_every": 0,
+              "ckpt_every": 0, "stage2_context_sizes": [1, 2]}
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    out = tmp_path / "ft"
+    code = train_main(["--config", str(tmp_path / "cfg.json"), "--output-dir", str(out),
+                       "--init-from", str(tmp_path / "start.safetensors"), "--lr", "1e-5",
+                       "--no-progress"])
+    assert code == 0
+    tuned = load_checkpoint(out / "model.safetensors")
+    assert tuned.config.channels == (4, 8)  # the architecture comes from the checkpoint
+    assert tuned.metadata["provenance"]["init_from"].endswith("start.safetensors")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["lr"] == 1e-5 and saved["steps"] == 2
+    delta = max((a - b).abs().max().item() for a, b in
+                zip(start.state_dict().values(), tuned.state_dict().values()))
+    assert 0 < delta < 1e-3  # moved, a little (two steps at lr 1e-5)
+    assert train_main(["--manifest", str(tmp_path / "missing.json"), "--output-dir",
+                       str(tmp_path / "x"), "--no-progress"]) == 66
+    (tmp_path / "bad.json").write_text(json.dumps({"manifest": str(toy8), "colour": 1}))
+    assert train_main(["--config", str(tmp_path / "bad.json")]) == 64
