@@ -194,3 +194,64 @@ def test_is_nonempty_image_rejects_blank_and_broken_files(tmp_path):
     broken.write_bytes(b"not a png")
     assert not is_nonempty_image(blank) and not is_nonempty_image(broken)
     assert not is_nonempty_image(tmp_path / "missing.png")
+
+
+# --------------------------------------------------------------------------- run logs
+def _add(a):
+    return a + 1
+
+
+def test_run_log_and_configuration(tmp_path):
+    import argparse
+    import logging
+
+    from neuroverse_bids.logs import setup_run_logging
+
+    args = argparse.Namespace(bids_dir=tmp_path / "bids", participant_label=["01"], nprocs=2)
+    log_file = setup_run_logging(tmp_path / "out", args, run_id="test1")
+    assert log_file == tmp_path / "out/logs/neuroverse3d_test1.log"
+    config = json.loads((tmp_path / "out/logs/neuroverse3d_test1_config.json").read_text())
+    assert config["Arguments"] == {"bids_dir": str(tmp_path / "bids"), "participant_label": ["01"],
+                                   "nprocs": 2}
+    assert config["RunId"] == "test1" and config["Versions"]["nibabel"] == nb.__version__
+    logging.getLogger("neuroverse3d").warning("a message for the file")
+    # a second run in the same process gets its own file; the first one stops receiving
+    second = setup_run_logging(tmp_path / "out", args, run_id="test2")
+    logging.getLogger("neuroverse3d").warning("only in the second")
+    assert "a message for the file" in log_file.read_text()
+    assert "only in the second" not in log_file.read_text()
+    assert "only in the second" in second.read_text()
+
+
+def test_progress_lines_per_participant_and_node(tmp_path, caplog):
+    import logging
+
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from neuroverse_bids.logs import ProgressReporter, node_subject
+
+    assert node_subject("neuroverse3d_wf.sub_01_wf.icl") == "sub-01"
+    assert node_subject("neuroverse3d_wf.ds_sub_A1_2_wf.ds_mask") == "sub-A1"
+    assert node_subject("neuroverse3d_wf.context_set_wf.context_sub_03_wf.register") == \
+        "context sub-03"
+    assert node_subject("neuroverse3d_wf.context_set_wf.stack_set0") == "run"
+    main = pe.Workflow(name="neuroverse3d_wf", base_dir=str(tmp_path))
+    for subject in ("01", "02"):
+        sub = pe.Workflow(name=f"sub_{subject}_wf")
+        inputnode = pe.Node(niu.IdentityInterface(fields=["a"]), name="inputnode")
+        inputnode.inputs.a = 1
+        first = pe.Node(niu.Function(function=_add, input_names=["a"], output_names=["out"]),
+                        name="first")
+        second = pe.Node(niu.Function(function=_add, input_names=["a"], output_names=["out"]),
+                         name="second")
+        sub.connect([(inputnode, first, [("a", "a")]), (first, second, [("out", "a")])])
+        main.add_nodes([sub])
+    reporter = ProgressReporter(main)
+    assert reporter.totals == {"sub-01": 2, "sub-02": 2}  # identity nodes are not counted
+    with caplog.at_level(logging.INFO, logger="neuroverse3d.progress"):
+        main.run(plugin="Linear", plugin_args={"status_callback": reporter})
+    lines = [r.getMessage() for r in caplog.records if r.name == "neuroverse3d.progress"]
+    assert "sub-01 | first: started" in lines
+    assert any(l.startswith("[4/4] sub-02 | second: finished in ") for l in lines)
+    assert "sub-01: 2 steps, all finished" in lines and "sub-02: 2 steps, all finished" in lines
