@@ -108,3 +108,18 @@ def test_cli_config_file_flags_and_fine_tuning(toy8, tmp_path):
                        str(tmp_path / "x"), "--no-progress"]) == 66
     (tmp_path / "bad.json").write_text(json.dumps({"manifest": str(toy8), "colour": 1}))
     assert train_main(["--config", str(tmp_path / "bad.json")]) == 64
+
+
+def test_bf16_autocast_step_and_validation_metrics(toy8, tmp_path):
+    trainer = Trainer(_config(toy8, tmp_path, bf16=True, steps=1, val_episodes=4,
+                              tasks=["segmentation", "inpainting"]))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    row = trainer.train_step()
+    assert torch.isfinite(torch.tensor(row["loss"])) and row["loss"] > 0
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    metrics = trainer.validate()
+    tasks = {e.task for e in trainer.validation_episodes()}
+    assert metrics["val_loss"] > 0
+    assert (0 <= metrics["val_dice"] <= 1) == ("segmentation" in tasks)
+    assert (metrics["val_psnr"] > 0) == ("inpainting" in tasks)

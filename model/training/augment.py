@@ -42,7 +42,7 @@ class AugmentConfig:
     shear: float = 0.05                           # affine off-diagonal terms ~ U(-shear, shear)
     translation: float = 0.05                     # fraction of the side length
     rotation_deg: float = 15.0                    # per axis, ~ U(-deg, deg)
-    elastic_mm: float = 3.0                       # max displacement in voxels
+    elastic_voxels: float = 3.0                   # max displacement in voxels
     elastic_points: int = 4                       # control points per axis
     intensity_scale: Tuple[float, float] = (0.8, 1.2)
     intensity_shift: Tuple[float, float] = (-0.1, 0.1)
@@ -130,7 +130,7 @@ def random_spatial_transform(shape: Sequence[int], generator: torch.Generator,
         centre = torch.tensor([(s - 1) / 2 for s in shape]).view(3, 1, 1, 1)
         coords = torch.einsum("ij,jdhw->idhw", matrix, grid - centre) + centre + offset.view(3, 1, 1, 1)
     if _flip(generator, cfg.p_elastic):
-        displacement = random_smooth_deformation(shape, generator, cfg.elastic_mm, cfg.elastic_points)
+        displacement = random_smooth_deformation(shape, generator, cfg.elastic_voxels, cfg.elastic_points)
         coords = (identity_coords(shape) if coords is None else coords) + displacement
     flips = []
     if _flip(generator, cfg.p_flip):

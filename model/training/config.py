@@ -41,6 +41,7 @@ class TrainConfig:
     loss_beta: float = 1.0
     task_weights: Dict[str, float] = field(default_factory=dict)  # overrides of 50 / 1 / 0.5
     bf16: bool = False
+    channels_last: bool = True              # channels_last_3d layout (faster convolutions)
     device: str = "auto"
     seed: int = 0
     # data

@@ -123,15 +123,14 @@ class EpisodeSampler:
 
     def sample(self, generator: torch.Generator, context_size: int,
                task: Optional[str] = None) -> Episode:
-        """One episode of ``context_size + 1`` subjects (drawn without replacement if possible)."""
+        """One episode of ``context_size + 1`` distinct subjects (fewer if the dataset is smaller)."""
         task = task or self.sample_task(generator)
         candidates = self.by_task[task]
         dataset = candidates[_choice(generator, len(candidates))]
-        n, available = context_size + 1, len(dataset.subjects)
-        if available >= n:
-            picks = torch.randperm(available, generator=generator)[:n].tolist()
-        else:
-            picks = torch.randint(available, (n,), generator=generator).tolist()
+        # a dataset smaller than the group gives all its subjects (no subject twice, so the
+        # target never sees itself in its context)
+        n = min(context_size + 1, len(dataset.subjects))
+        picks = torch.randperm(len(dataset.subjects), generator=generator)[:n].tolist()
         subjects = [dataset.subjects[i] for i in picks]
         modality = None
         if task == "modality-transform":

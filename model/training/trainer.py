@@ -87,6 +87,9 @@ class Trainer:
         self.device = self.ctx.device
         torch.manual_seed(config.seed)
         self.model = self._build_model().to(self.device)
+        if config.channels_last:  # 3D convolutions are much faster in this layout (15x on CPU)
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        config.check()  # again: a fine-tuned checkpoint may bring another depth
         broadcast_parameters(self.model, self.ctx)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -168,10 +171,18 @@ class Trainer:
         return True
 
     # -------------------------------------------------------------------------- training
-    def _autocast(self):
-        if not self.cfg.bf16:
+    def _autocast(self, training: bool = True):
+        # CPU validation runs in float32: the network's fused CPU inference kernels bypass autocast
+        if not self.cfg.bf16 or (not training and self.device.type == "cpu"):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        out = {k: v.to(self.device) for k, v in batch.items()}
+        if self.cfg.channels_last:
+            for key in ("target_in", "target_out"):
+                out[key] = out[key].contiguous(memory_format=torch.channels_last_3d)
+        return out
 
     def train_step(self) -> Dict[str, object]:
         """One optimizer step over the global batch; this rank does its share of groups."""
@@ -183,8 +194,7 @@ class Trainer:
         for group in range(self.ctx.rank, cfg.batch_size, self.ctx.world_size):
             generator = generator_for(cfg.seed, step, group)
             episode = self.sampler.sample(generator, size)
-            batch = {k: v.to(self.device) for k, v in
-                     rotations(episode.inputs, episode.outputs, cfg.targets_per_group).items()}
+            batch = self._to_device(rotations(episode.inputs, episode.outputs, cfg.targets_per_group))
             with self._autocast():
                 pred = apsp_training_forward(self.model, batch["target_in"], batch["context_in"],
                                              batch["context_out"], mini, generator=generator)
@@ -217,8 +227,8 @@ class Trainer:
         self.model.eval()
         sums = torch.zeros(5, dtype=torch.float64)  # loss, dice sum, n seg, psnr sum, n gen
         for episode in self.validation_episodes():
-            batch = {k: v.to(self.device) for k, v in rotations(episode.inputs, episode.outputs, 1).items()}
-            with self._autocast():
+            batch = self._to_device(rotations(episode.inputs, episode.outputs, 1))
+            with self._autocast(training=False):
                 pred = self.model(batch["target_in"], batch["context_in"], batch["context_out"],
                                   mini_context_size=min(self.cfg.mini_context_size, batch["context_in"].shape[1]))
             pred = pred.float()
