@@ -78,6 +78,60 @@ def conv_split(x: Tensor, conv: nn.Conv3d, start: int, stop: int, bias: bool) ->
     return F.conv3d(x, conv.weight[:, start:stop], conv.bias if bias else None)
 
 
+def _mkldnn_pointwise():
+    ops = getattr(torch.ops, "mkldnn", None)
+    try:
+        return ops._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_POINTWISE = _mkldnn_pointwise()
+
+
+def fusable(x: Tensor) -> bool:
+    """True where oneDNN fused conv kernels apply: CPU inference in float32/bfloat16 on a
+    ``channels_last_3d`` tensor. Elsewhere (CUDA, float64, training) plain ops run."""
+    return (_POINTWISE is not None and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 5
+            and x.is_contiguous(memory_format=torch.channels_last_3d))
+
+
+def _geometry(conv: nn.Conv3d):
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+
+
+def conv_gelu(x: Tensor, conv: nn.Conv3d) -> Tensor:
+    """``GELU(conv(x))`` (one fused kernel where :func:`fusable`)."""
+    if fusable(x):
+        return _POINTWISE(x, conv.weight, conv.bias, *_geometry(conv), "gelu", [], "none")
+    return gelu(conv(x))
+
+
+def conv_add(x: Tensor, weight: Tensor, bias, other: Tensor, padding: int = 0) -> Tensor:
+    """``conv3d(x, weight, bias) + other`` (``other`` of the output's shape; fused where
+    :func:`fusable`)."""
+    if fusable(x) and other.shape[0] == x.shape[0]:
+        return _POINTWISE.binary(x, other, weight, bias, [padding] * 3, [1] * 3, [1] * 3, 1,
+                                 "add", 1.0, None, [], None)
+    return F.conv3d(x, weight, bias, padding=padding) + other
+
+
+def layout_like(x: Tensor, conv: nn.Conv3d) -> Tensor:
+    """``x`` in ``channels_last_3d`` when ``conv``'s weight is (an embedding's 1-2 input
+    channels make the layout of its output ambiguous, so it is set explicitly)."""
+    weight = conv.weight
+    if weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous():
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+def gelu_(x: Tensor) -> Tensor:
+    """Exact GELU, in place when no gradient is recorded (call on fresh tensors only)."""
+    return gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
+
+
+# ----------------------------------------------------------------------------- layers
 class PairwiseModule(nn.Module):
     """Apply ``module`` to each context pair: ``[B, n, C, *S] -> [B, n, C', *S']``.
 
@@ -107,7 +161,14 @@ class ResidualBlock(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return gelu(x + self.layers(x))
+        if not fusable(x):
+            return gelu(x + self.layers(x))
+        convs = [layer for layer in self.layers if isinstance(layer, nn.Conv3d)]
+        y = x
+        for conv in convs[:-1]:
+            y = conv_gelu(y, conv)
+        last = convs[-1]
+        return gelu_(conv_add(y, last.weight, last.bias, x, padding=1))
 
 
 def downsample_conv(c_in: int, c_out: int) -> nn.Conv3d:
@@ -124,10 +185,13 @@ def upsample_and_merge(x: Tensor, skip: Tensor, conv: nn.Conv3d) -> Tensor:
     """``conv1x1(cat[up(x), skip])`` without materialising the concatenation.
 
     x: ``[N, C_{i+1}, d, h, w]``, skip: ``[N, C_i, 2d, 2h, 2w]`` -> ``[N, C_i, 2d, 2h, 2w]``.
+    A 1x1x1 conv (channel mixing) and trilinear upsampling (per-channel spatial weights)
+    commute, so the up half of the conv runs at low resolution on C_{i+1} channels and only
+    C_i channels are upsampled: 8x fewer conv FLOPs, half the upsampling work and memory.
     """
     c_up = x.shape[1]
-    merged = conv_split(upsample(x), conv, 0, c_up, bias=False)
-    return merged + conv_split(skip, conv, c_up, c_up + skip.shape[1], bias=True)
+    merged = upsample(conv_split(x, conv, 0, c_up, bias=False))
+    return conv_add(skip, conv.weight[:, c_up:], conv.bias, merged)
 
 
 # --------------------------------------------------------------------------- target branch
@@ -162,7 +226,7 @@ class TargetEncoder(nn.Module):
         )
 
     def forward(self, target: Tensor):
-        t = self.target_embedding(target)
+        t = layout_like(self.target_embedding(target), self.downsample_blocks[0].target_linear_layer)
         skips = []
         for block, down in zip(self.enc_blocks, self.downsample_blocks):
             t = block.target_conv(t)
@@ -184,8 +248,8 @@ class ContextFusion(nn.Module):
         t = self.target_conv(t)
         conv = self.combine_conv_target.module
         c = t.shape[1]
-        fused = conv_split(context_mean, conv, 0, c, bias=False) + conv_split(t, conv, c, 2 * c, True)
-        return gelu(t + fused)
+        other = t + conv_split(context_mean, conv, 0, c, bias=False)
+        return gelu_(conv_add(t, conv.weight[:, c:], conv.bias, other))
 
 
 class TargetOutput(nn.Module):
@@ -232,9 +296,11 @@ class ContextEncoderStage(nn.Module):
             return c
         conv = self.combine_conv_context.module
         ch = c.shape[2]
-        from_context = F.conv3d(c.flatten(0, 1), conv.weight[:, :ch]).unflatten(0, c.shape[:2])
         from_target = conv_split(target_skip, conv, ch, 2 * ch, bias=True).unsqueeze(1)
-        return gelu(c + from_context + from_target)
+        flat = c.flatten(0, 1)
+        other = (c + from_target).flatten(0, 1)
+        fused = conv_add(flat, conv.weight[:, :ch], None, other)
+        return gelu_(fused).unflatten(0, c.shape[:2])
 
 
 class ContextDownsample(nn.Module):
@@ -277,6 +343,8 @@ class ContextUNet(nn.Module):
 
     def forward(self, pairs: Tensor, target_skips: List[Tensor]) -> List[Tensor]:
         c = self.context_embedding(pairs)
+        c = layout_like(c.flatten(0, 1), self.downsample_blocks[0].context_linear_layer.module)
+        c = c.unflatten(0, pairs.shape[:2])
         skips = []
         for stage, down, t_skip in zip(self.enc_blocks, self.downsample_blocks, target_skips):
             c = stage(c, t_skip)

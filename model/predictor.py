@@ -4,19 +4,28 @@
 >>> out = predictor.predict(target, context_images, context_labels)   # [D,H,W] tensors
 
 ``context_labels`` may hold K label sets over the same context images (``[K, L, D, H, W]``):
-the target is encoded once and the K structures are decoded as one batch.
+the target is encoded once and the K*L (structure, context) pairs run through the context
+U-Net in chunks of ``m`` pairs; each structure's features are summed in float32, then the K
+structures are decoded one by one. The result equals K separate calls.
+
+Speed: weights are cast once to the chosen precision and kept in ``channels_last_3d`` like
+every activation; on the CPU the network uses fused oneDNN conv kernels (see
+``network.fusable``). Memory: ``mini_context_size='auto'`` picks the largest m whose peak
+(traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits the budget.
 """
 from __future__ import annotations
 
+import time
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from .apsp import mean_context_features
+from . import memory
 from .network import Neuroverse3D, check_inputs
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CL = torch.channels_last_3d
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -26,11 +35,17 @@ def resolve_device(device: str = "auto") -> torch.device:
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}")
     return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` picks bfloat16 where the hardware runs it natively, else float32."""
+    """``auto`` picks bfloat16 where the hardware runs it natively, else float32.
+
+    bfloat16 keeps the relative L2 error of the output vs float32 below 1e-2 (tested on the
+    small model, reported by ``benchmarks/inference.py`` on the released one).
+    """
     if precision == "auto":
         return torch.bfloat16 if native_bfloat16(device) else torch.float32
     if precision not in PRECISIONS:
@@ -43,7 +58,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 def native_bfloat16(device: torch.device) -> bool:
     """True where bfloat16 convolutions run in hardware (CPU: AMX/AVX512-BF16; CUDA: sm80+)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8
     try:
         with open("/proc/cpuinfo") as handle:
             flags = handle.read()
@@ -52,50 +67,171 @@ def native_bfloat16(device: torch.device) -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Predictor:
     """Run a :class:`Neuroverse3D` on volumes, fast and within memory.
 
     device: ``auto|cpu|cuda[:N]``; precision: ``auto|float32|bfloat16|float16``;
-    mini_context_size: pairs per chunk (``None`` = all at once).
+    mini_context_size: (structure, context) pairs per chunk, ``None`` = all at once,
+    ``'auto'`` = the largest that fits ``memory_gb`` (default: a safe fraction of free RAM
+    or GPU memory). After :meth:`predict`: ``last_mini_context_size``, ``timings`` (s),
+    ``last_required_bytes`` (estimated process peak) and ``budget_bytes``.
     """
 
     def __init__(self, model: Neuroverse3D, device: str = "auto", precision: str = "float32",
-                 mini_context_size: Optional[Union[int, str]] = None):
+                 mini_context_size: Optional[Union[int, str]] = None,
+                 memory_gb: Optional[float] = None):
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
+        if mini_context_size not in (None, "auto") and int(mini_context_size) < 1:
+            raise ValueError(f"mini_context_size must be >= 1 or 'auto', got {mini_context_size}")
         self.mini_context_size = mini_context_size
+        self.memory_gb = memory_gb
         self.metadata = getattr(model, "metadata", {})
-        self.model = model.to(self.device, self.dtype).eval()
-        self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.model = model.eval().to(self.device, self.dtype, memory_format=CL)  # cast once
+        self._peaks = {}
+        self.last_mini_context_size = None
+        self.last_required_bytes = None
+        self.budget_bytes = None
+        self.timings = {}
 
     @property
     def precision(self) -> str:
         return str(self.dtype).replace("torch.", "")
 
-    def _to_model(self, volume: Tensor) -> Tensor:
-        """``[N, 1, D, H, W]`` -> device, dtype and channels_last_3d layout."""
-        return volume.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last_3d)
+    # ------------------------------------------------------------------ the inference loop
+    def _run(self, model, target: Tensor, images: Tensor, labels: Tensor, chunk: int,
+             timings: Optional[dict] = None) -> Tensor:
+        """target ``[D,H,W]``, images ``[L,D,H,W]``, labels ``[K,L,D,H,W]`` (any device, any
+        float dtype) -> ``[K,D,H,W]`` in the model's dtype on its device."""
+        device, dtype = model.target_encoder.target_embedding.weight.device, self.dtype
+        structures, pairs = labels.shape[:2]
+        clock = time.perf_counter()
+        bottleneck, skips = model.encode_target(
+            target[None, None].to(device, dtype).contiguous(memory_format=CL))
+        sums = [None] * structures  # per structure: per-level float32 sums [1, C_k, ...]
+        _sync(device)
+        encoded = time.perf_counter()
+        for start in range(0, structures * pairs, chunk):
+            index = torch.arange(start, min(start + chunk, structures * pairs))
+            ks, ls = (index // pairs).tolist(), (index % pairs).tolist()
+            # [n, D, H, W, 2] -> [1, n, 2, D, H, W] with channels last (no layout change later)
+            pair = torch.stack([images[ls].to(device, dtype), labels[ks, ls].to(device, dtype)],
+                               dim=-1)
+            features = model.context_unet(pair.permute(0, 4, 1, 2, 3)[None], skips)
+            del pair
+            for j, k in enumerate(ks):
+                part = [f[:, j] for f in features]
+                if sums[k] is None:
+                    sums[k] = [p.to(torch.float32, copy=True) for p in part]
+                else:
+                    for total, p in zip(sums[k], part):
+                        total.add_(p)
+            del features, part
+        _sync(device)
+        contexts = time.perf_counter()
+        outputs = []
+        for k in range(structures):
+            means = [(s / pairs).to(dtype) for s in sums[k]]
+            sums[k] = None
+            outputs.append(model.decode(bottleneck, skips, means)[0, 0])
+            del means
+        out = torch.stack(outputs)
+        _sync(device)
+        if timings is not None:
+            timings.update(encode_s=encoded - clock, contexts_s=contexts - encoded,
+                           decode_s=time.perf_counter() - contexts)
+        return out
 
+    # ------------------------------------------------------------------------- memory
+    def peak_bytes(self, shape, pairs: int, structures: int, chunk: int) -> int:
+        """Peak bytes of tensors :meth:`predict` allocates for this problem.
+
+        Every activation is ``C_i * (D*H*W) / 8**i`` elements, so the peak scales exactly with
+        the voxel count: the real inference loop is replayed on the model's device at the
+        smallest grid (``divisor**3`` voxels, milliseconds) while :class:`.memory.LiveBytes`
+        counts live storages, and the count is scaled up. Results are cached.
+        """
+        key = (int(torch.Size(shape).numel()), pairs, structures, chunk)
+        if key not in self._peaks:
+            side = self.model.divisor
+            small = torch.zeros((side,) * 3)
+            if structures == 1:  # from the 2nd chunk on, every chunk's state is the same
+                pairs = min(pairs, 2 * chunk)
+            images, labels = torch.zeros((pairs, side, side, side)), torch.zeros(
+                (structures, pairs, side, side, side))
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # tiny ops: threads only add synchronisation
+            try:
+                with torch.inference_mode():
+                    peak = memory.traced_peak_bytes(
+                        lambda: self._run(self.model, small, images, labels, chunk))
+            finally:
+                torch.set_num_threads(threads)
+            self._peaks[key] = int(peak * key[0] / side ** 3)
+        return self._peaks[key]
+
+    def plan(self, shape, pairs: int, structures: int = 1,
+             mini_context_size: Optional[Union[int, str]] = None) -> int:
+        """Choose (auto) or check (explicit) the chunk size before any work starts.
+
+        Raises :class:`~.memory.MemoryBudgetError` when it cannot fit the budget.
+        """
+        total = structures * pairs
+        requested = self.mini_context_size if mini_context_size is None else mini_context_size
+        in_use = memory.in_use_bytes(self.device)
+        self.budget_bytes = memory.budget_bytes(self.device, self.memory_gb)
+        room = int((self.budget_bytes - in_use - memory.SLACK_BYTES) / memory.SAFETY)
+        where = f"{'GPU' if self.device.type == 'cuda' else 'RAM'} budget"
+        if requested == "auto":
+            chunk = memory.largest_fitting(
+                lambda m: self.peak_bytes(shape, pairs, structures, m), total, room)
+            if not chunk:
+                need = memory.required_bytes(self.peak_bytes(shape, pairs, structures, 1), in_use)
+                raise memory.MemoryBudgetError(
+                    f"even one context pair at a time needs about {memory.describe(need)}, more "
+                    f"than the {where} of {memory.describe(self.budget_bytes)}; raise --mem, "
+                    f"use a smaller grid or --precision bfloat16")
+        else:
+            chunk = total if requested is None else min(int(requested), total)
+            peak = self.peak_bytes(shape, pairs, structures, chunk)
+            if peak > room:
+                need = memory.required_bytes(peak, in_use)
+                raise memory.MemoryBudgetError(
+                    f"mini-context size {chunk} needs about {memory.describe(need)}, more than the "
+                    f"{where} of {memory.describe(self.budget_bytes)}; use a smaller "
+                    f"--mini-context-size (or auto) or raise --mem")
+        self.last_required_bytes = memory.required_bytes(
+            self.peak_bytes(shape, pairs, structures, chunk), in_use)
+        return chunk
+
+    # --------------------------------------------------------------------------- public
     @torch.inference_mode()
     def predict(self, target: Tensor, context_images: Tensor, context_labels: Tensor,
-                mini_context_size: Optional[int] = None) -> Tensor:
+                mini_context_size: Optional[Union[int, str]] = None) -> Tensor:
         """target ``[D,H,W]``, context_images ``[L,D,H,W]``, context_labels ``[L,D,H,W]`` or
         ``[K,L,D,H,W]`` (K structures) -> float32 CPU tensor ``[D,H,W]`` or ``[K,D,H,W]``."""
-        single = context_labels.dim() == 4
-        labels = context_labels.unsqueeze(0) if single else context_labels
+        target, images = torch.as_tensor(target), torch.as_tensor(context_images)
+        labels = torch.as_tensor(context_labels)
+        single = labels.dim() == 4
+        labels = labels[None] if single else labels
+        if images.dim() != 4 or labels.dim() != 5 or labels.shape[1:] != images.shape:
+            raise ValueError(f"context_images must be [L,D,H,W] and context_labels [L,D,H,W] or "
+                             f"[K,L,D,H,W] over the same L volumes; got {list(images.shape)} and "
+                             f"{list(torch.as_tensor(context_labels).shape)}")
+        check_inputs(target[None, None], images[None, :, None], labels[:1, :, None],
+                     self.model.divisor)
         structures, pairs = labels.shape[:2]
-        target_in = torch.as_tensor(target, dtype=torch.float32)[None, None]
-        context_in = torch.as_tensor(context_images, dtype=torch.float32)[None, :, None]
-        context_out = torch.as_tensor(labels, dtype=torch.float32)[:, :, None]
-        check_inputs(target_in, context_in.expand(1, pairs, *context_in.shape[2:]),
-                     context_out[:1], self.model.divisor)
-        chunk = mini_context_size or self.mini_context_size
-        chunk = None if chunk in (None, "auto") else int(chunk)
-
-        bottleneck, skips = self.model.encode_target(self._to_model(target_in))
-        bottleneck = bottleneck.expand(structures, *bottleneck.shape[1:])
-        skips = [s.expand(structures, *s.shape[1:]) for s in skips]
-        context_in = context_in.expand(structures, *context_in.shape[1:])
-        means = mean_context_features(self.model, context_in, context_out, skips, chunk)
-        out = self.model.decode(bottleneck, skips, means).float().cpu()[:, 0]
+        start = time.perf_counter()
+        chunk = self.plan(tuple(target.shape), pairs, structures, mini_context_size)
+        self.last_mini_context_size = chunk
+        timings = {"plan_s": time.perf_counter() - start}
+        out = self._run(self.model, target, images, labels, chunk, timings)
+        out = out.float().cpu()
+        timings["total_s"] = time.perf_counter() - start
+        self.timings = timings
         return out[0] if single else out

@@ -44,4 +44,5 @@ def add_inference_options(parser: argparse.ArgumentParser):
 def inference_settings(args) -> dict:
     """Keyword arguments for :class:`Predictor` from parsed options."""
     return {"device": args.device, "precision": args.precision,
-            "mini_context_size": args.mini_context_size}
+            "mini_context_size": args.mini_context_size,
+            "memory_gb": getattr(args, "mem_gb", None)}

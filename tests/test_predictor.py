@@ -1,0 +1,153 @@
+"""The Predictor: fidelity of the fast path, multi-structure calls, precision, memory budget."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from neuroverse_bids.model import Neuroverse3D, load_checkpoint
+from neuroverse_bids.model import memory
+from neuroverse_bids.model.predictor import Predictor, resolve_precision
+
+
+def _volumes(shape, pairs, structures=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.rand(shape, generator=gen)
+    images = torch.rand((pairs, *shape), generator=gen)
+    lead = (pairs,) if structures is None else (structures, pairs)
+    labels = (torch.rand((*lead, *shape), generator=gen) > 0.5).float()
+    return target, images, labels
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return Neuroverse3D(channels=(4, 8, 8), convs_per_block=2)
+
+
+@pytest.mark.parametrize("m", [1, 2, "auto", None])
+def test_float32_fast_path_matches_the_released_reference(official_small_ckpt, official_io, m):
+    """channels_last, fused CPU kernels, reordered up-merge: same output as the release."""
+    predictor = Predictor(load_checkpoint(official_small_ckpt), device="cpu", precision="float32",
+                          mini_context_size=m)
+    out = predictor.predict(official_io["target_in"][0, 0], official_io["context_in"][0, :, 0],
+                            official_io["context_out"][0, :, 0])
+    assert out.dtype == torch.float32 and out.shape == (32, 32, 32)
+    assert (out - official_io["output_l5"][0, 0]).abs().max().item() <= 1e-5
+    assert predictor.last_mini_context_size == (5 if m in ("auto", None) else m)
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, None])
+def test_k_structures_in_one_call_equal_k_separate_calls(m):
+    target, images, labels = _volumes((16, 16, 16), pairs=3, structures=4, seed=1)
+    predictor = Predictor(_tiny(), device="cpu", precision="float32", mini_context_size=m)
+    together = predictor.predict(target, images, labels)
+    assert together.shape == (4, 16, 16, 16)
+    for k in range(4):
+        alone = predictor.predict(target, images, labels[k])
+        assert (together[k] - alone).abs().max().item() <= 1e-5
+    # the structures really differ, so the check above is not vacuous
+    assert (together[0] - together[1]).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("channels,grid", [((4, 8, 8), 16), (None, 16)])
+def test_bfloat16_agrees_with_float32(channels, grid):
+    """Relative L2 error of the output <= 1e-2 (tiny fixture model and released config)."""
+    target, images, labels = _volumes((grid,) * 3, pairs=2, seed=2)
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        model = Neuroverse3D() if channels is None else Neuroverse3D(channels=channels)
+        predictor = Predictor(model, device="cpu", precision=precision, mini_context_size=1)
+        outputs[precision] = predictor.predict(target, images, labels)
+        assert predictor.precision == precision
+    ref, low = outputs["float32"], outputs["bfloat16"]
+    error = ((low - ref).norm() / ref.norm()).item()
+    assert 0 < error <= 1e-2, error
+
+
+def test_precision_and_device_choices():
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA only"):
+        resolve_precision("float16", cpu)
+    with pytest.raises(ValueError, match="precision must be"):
+        resolve_precision("int8", cpu)
+    flags = open("/proc/cpuinfo").read()
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if native else torch.float32)
+    with pytest.raises(ValueError, match="mini_context_size"):
+        Predictor(_tiny(), device="cpu", mini_context_size=0)
+
+
+def test_auto_mini_context_size_is_the_largest_that_fits():
+    """Plan for a large grid (only traced at a tiny one): budget between the needs of m=3, 4."""
+    predictor = Predictor(_tiny(), device="cpu", precision="float32")
+    shape, pairs = (384, 384, 384), 8
+    peaks = [predictor.peak_bytes(shape, pairs, 1, m) for m in range(1, pairs + 1)]
+    assert all(a < b for a, b in zip(peaks, peaks[1:]))  # more pairs at once, more memory
+    assert peaks[1] - peaks[0] > 2 ** 28  # the problem is big enough for RSS noise not to matter
+    in_use = memory.in_use_bytes(predictor.device)
+    middle = in_use + memory.SLACK_BYTES + memory.SAFETY * (peaks[2] + peaks[3]) / 2
+    predictor.memory_gb = middle / memory.GB
+    assert predictor.plan(shape, pairs, 1, "auto") == 3
+    assert predictor.last_required_bytes <= predictor.budget_bytes
+    predictor.memory_gb = 10_000
+    assert predictor.plan(shape, pairs, 1, "auto") == pairs
+    assert predictor.plan(shape, pairs, 1, 5) == 5  # an explicit m that fits is honoured
+
+
+def test_an_m_that_cannot_fit_fails_before_any_work(monkeypatch):
+    target, images, labels = _volumes((16, 16, 16), pairs=4)
+    predictor = Predictor(_tiny(), device="cpu", precision="float32", mini_context_size=4,
+                          memory_gb=memory.in_use_bytes(torch.device("cpu")) / memory.GB)
+    shapes = []
+    original = Predictor._run
+    monkeypatch.setattr(Predictor, "_run", lambda self, model, t, *a, **k: (
+        shapes.append(tuple(t.shape)), original(self, model, t, *a, **k))[1])
+    with pytest.raises(memory.MemoryBudgetError, match="mini-context size 4 needs about"):
+        predictor.predict(target, images, labels)
+    assert (16, 16, 16) not in shapes  # only the tiny-grid trace ran
+    predictor.mini_context_size = "auto"
+    with pytest.raises(memory.MemoryBudgetError, match="even one context pair"):
+        predictor.predict(target, images, labels)
+
+
+def test_traced_estimate_bounds_the_tensor_memory_of_a_real_run():
+    target, images, labels = _volumes((32, 32, 32), pairs=3, structures=2)
+    predictor = Predictor(_tiny(), device="cpu", precision="bfloat16", mini_context_size=2)
+    estimate = predictor.peak_bytes((32, 32, 32), 3, 2, 2)
+    with torch.inference_mode():
+        real = memory.traced_peak_bytes(
+            lambda: predictor._run(predictor.model, target, images, labels, 2))
+    assert 0.5 * estimate <= real <= estimate
+
+
+RSS_SCRIPT = """
+import json, resource, sys, torch
+from neuroverse_bids.model import Neuroverse3D
+from neuroverse_bids.model.predictor import Predictor
+from neuroverse_bids.model import memory
+torch.manual_seed(0)
+shape, pairs = (96, 96, 96), 6
+target, images = torch.rand(shape), torch.rand((pairs, *shape))
+labels = (torch.rand((pairs, *shape)) > 0.5).float()
+predictor = Predictor(Neuroverse3D(channels=(8, 16, 32)), device="cpu", precision="float32",
+                      mini_context_size="auto")
+need1 = memory.required_bytes(predictor.peak_bytes(shape, pairs, 1, 1), memory.process_rss_bytes())
+predictor.memory_gb = (need1 + 0.25 * (predictor.peak_bytes(shape, pairs, 1, pairs)
+                                        - predictor.peak_bytes(shape, pairs, 1, 1))) / memory.GB
+predictor.predict(target, images, labels)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak": peak, "budget": predictor.budget_bytes,
+                  "m": predictor.last_mini_context_size}))
+"""
+
+
+def test_measured_peak_rss_stays_under_the_budget():
+    """In a fresh process: auto m under a budget that allows some but not all pairs at once."""
+    proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 1 <= result["m"] < 6
+    assert result["peak"] <= result["budget"], result
