@@ -50,17 +50,19 @@ def esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def table(header: Iterable, rows: Iterable[Iterable], numeric=()) -> str:
-    """An HTML table; cells are escaped unless given as ``("html", markup)``."""
+def table(header, rows: Iterable[Iterable], numeric=()) -> str:
+    """An HTML table (``header`` None: no header row); cells are escaped unless given as
+    ``("html", markup)``."""
     def cell(index, value, tag):
         cls = ' class="num"' if index in numeric and tag == "td" else ""
         text = value[1] if isinstance(value, tuple) and value[0] == "html" else esc(value)
         return f"<{tag}{cls}>{text}</{tag}>"
 
-    head = "".join(cell(i, h, "th") for i, h in enumerate(header))
+    head = "" if header is None else \
+        "<thead><tr>" + "".join(cell(i, h, "th") for i, h in enumerate(header)) + "</tr></thead>"
     body = "".join("<tr>" + "".join(cell(i, v, "td") for i, v in enumerate(row)) + "</tr>"
                    for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def figure(src: str, caption: str, alt: str = "") -> str:

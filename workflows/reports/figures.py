@@ -15,11 +15,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: reports are drawn without a display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 #: outline colours, one per structure, cycled
 COLOURS = ("#ff1744", "#00e5ff", "#ffea00", "#76ff03", "#ff9100", "#d500f9")
-DPI = 72
+COLOUR_NAMES = ("red", "cyan", "yellow", "green", "orange", "purple")
+DPI = 90
 
 
 def _save(figure, out_png, facecolor="black") -> Path:
@@ -105,12 +107,14 @@ def context_pair(image, labels: Sequence, out_png, title: Optional[str] = None) 
 
 
 def volume_distributions(values: Dict[str, Sequence[float]], flags: Dict[str, Sequence[bool]],
-                         out_png, units: str = "mm$^3$") -> Path:
-    """One panel per structure: box plot and jittered points; flagged points in red."""
+                         out_png, labels: Optional[Sequence[str]] = None,
+                         units: str = "mm$^3$") -> Path:
+    """One panel per structure: box plot and jittered points; flagged points in red, named
+    by ``labels`` (one per point)."""
     names = list(values)
     columns = min(len(names), 4)
     rows = int(np.ceil(len(names) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.0 * rows),
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows),
                                 squeeze=False, facecolor="white")
     rng = np.random.default_rng(0)  # fixed jitter: the same table gives the same picture
     for axis, name in zip(axes.flat, names):
@@ -122,12 +126,16 @@ def volume_distributions(values: Dict[str, Sequence[float]], flags: Dict[str, Se
         jitter = 1 + rng.uniform(-0.12, 0.12, data.size)
         axis.scatter(jitter[finite & ~bad], data[finite & ~bad], s=14, color="#1565c0", zorder=3)
         axis.scatter(jitter[finite & bad], data[finite & bad], s=30, color="#c62828",
-                     marker="D", zorder=4, label="|z| > 3")
+                     marker="D", zorder=4)
+        for index in np.flatnonzero(finite & bad):
+            if labels is not None:
+                axis.annotate(str(labels[index]), (jitter[index], data[index]), fontsize=8,
+                              color="#c62828", xytext=(6, 0), textcoords="offset points",
+                              va="center")
         axis.set_title(name)
         axis.set_xticks([])
+        axis.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
         axis.set_ylabel(units)
-        if bad.any():
-            axis.legend(loc="best", fontsize=8)
     for axis in list(axes.flat)[len(names):]:
         axis.axis("off")
     figure.tight_layout()

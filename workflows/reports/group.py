@@ -54,7 +54,8 @@ def write_group_report(output_dir, rows: List[Dict], structures: List[str]) -> P
     sections = []
     if structures:
         png = figures.volume_distributions(values, flags,
-                                           output_dir / "figures" / "group_desc-volumes.png")
+                                           output_dir / "figures" / "group_desc-volumes.png",
+                                           labels=[r.get("source", "") for r in rows])
         sections.append(("distributions", "Distributions",
                          figure(png.relative_to(output_dir).as_posix(),
                                 "volume per structure (mm³), one point per image; red: "
@@ -82,7 +83,7 @@ def write_group_report(output_dir, rows: List[Dict], structures: List[str]) -> P
             value, z = values[name][index], scores[name][index]
             text = "n/a" if not np.isfinite(value) else f"{value:,.0f}"
             if flags[name][index]:
-                flagged.append((subject, row.get("source", ""), name, f"{z:+.1f}"))
+                flagged.append((cell, row.get("source", ""), name, f"{z:+.1f}"))
                 line.append(("html", f'<span class="outlier" title="robust z = {z:+.1f}">'
                                      f"{esc(text)}</span>"))
             else:

@@ -250,7 +250,8 @@ def build_subject_report(output_dir, subject: str, work_dir=None,
             if image.masks:
                 rows = []
                 for name, mask in image.masks.items():
-                    rows.append((name, f"{mask_volume_mm3(mask):,.0f}", rel(mask)))
+                    rows.append((name, f"{mask_volume_mm3(mask):,.0f}",
+                                 ("html", f'<a href="{esc(rel(mask))}">{esc(rel(mask))}</a>')))
                 body.append("<h3>Segmentation (native space)</h3>")
                 body.append(table(["structure", "volume (mm³)", "file"], rows, numeric=(1,)))
                 for name, mask in image.masks.items():
@@ -278,7 +279,7 @@ def build_subject_report(output_dir, subject: str, work_dir=None,
             sections.append((f"image{number}", image.stem, "".join(body)))
 
         model = meta.get("Model") or {}
-        about = table(["", ""], [
+        about = table(None, [
             ("model", model.get("Name", "n/a")), ("SHA256", model.get("SHA256", "n/a")),
             ("precision", meta.get("Precision", "n/a")),
             ("mini-context size", meta.get("MiniContextSize", "n/a")),
@@ -298,8 +299,10 @@ def build_subject_report(output_dir, subject: str, work_dir=None,
                    f"{esc(', '.join('sub-' + s for s in subjects))}</p>")
         thumb = _context_thumbnail(work_dir, subjects, names,
                                    fig_dir / f"sub-{subject}_desc-context_T1w.png")
+        colours = ", ".join(f"{n} ({c})" for n, c in zip(names, figures.COLOUR_NAMES * 8))
         context += figure(rel(thumb), f"first context pair (sub-{subjects[0]}) on the model "
-                                      "grid, as the model saw it") if thumb else \
+                                      f"grid, as the model saw it; outlines: {colours}") \
+            if thumb else \
             '<p class="note">Context thumbnail: needs the work directory (-w).</p>'
         context += f"<details><summary>context specification</summary><pre>" \
                    f"{esc(json.dumps(spec, indent=2))}</pre></details>"
