@@ -103,7 +103,9 @@ def _inputs(grid, pairs, seed=0):
 
 
 def _peak_rss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from neuroverse_bids.model.memory import peak_rss_bytes
+
+    return peak_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_case(case: dict) -> dict:

@@ -92,6 +92,19 @@ def process_rss_bytes() -> int:
         return 0
 
 
+def peak_rss_bytes() -> int:
+    """High-water mark of this process's RSS (``VmHWM``; unlike ``ru_maxrss`` it is not
+    inherited from the parent across fork and exec), 0 where unknown."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _cgroup_room() -> Optional[int]:
     """Bytes left under a cgroup v2/v1 memory limit, or None without one."""
     for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),

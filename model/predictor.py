@@ -183,6 +183,7 @@ class Predictor:
         """
         total = structures * pairs
         requested = self.mini_context_size if mini_context_size is None else mini_context_size
+        self.peak_bytes(shape, pairs, structures, 1)  # first trace: kernels load, RSS grows
         in_use = memory.in_use_bytes(self.device)
         self.budget_bytes = memory.budget_bytes(self.device, self.memory_gb)
         room = int((self.budget_bytes - in_use - memory.SLACK_BYTES) / memory.SAFETY)

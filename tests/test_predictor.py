@@ -1,5 +1,6 @@
 """The Predictor: fidelity of the fast path, multi-structure calls, precision, memory budget."""
 import json
+import os
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ def _tiny(seed=0):
     return Neuroverse3D(channels=(4, 8, 8), convs_per_block=2)
 
 
-@pytest.mark.parametrize("m", [1, 2, "auto", None])
+@pytest.mark.parametrize("m", [1, "auto"])
 def test_float32_fast_path_matches_the_released_reference(official_small_ckpt, official_io, m):
     """channels_last, fused CPU kernels, reordered up-merge: same output as the release."""
     predictor = Predictor(load_checkpoint(official_small_ckpt), device="cpu", precision="float32",
@@ -123,31 +124,38 @@ def test_traced_estimate_bounds_the_tensor_memory_of_a_real_run():
 
 
 RSS_SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
 from neuroverse_bids.model import Neuroverse3D
 from neuroverse_bids.model.predictor import Predictor
 from neuroverse_bids.model import memory
 torch.manual_seed(0)
-shape, pairs = (96, 96, 96), 6
+shape, pairs = (80, 80, 80), 4
 target, images = torch.rand(shape), torch.rand((pairs, *shape))
 labels = (torch.rand((pairs, *shape)) > 0.5).float()
 predictor = Predictor(Neuroverse3D(channels=(8, 16, 32)), device="cpu", precision="float32",
                       mini_context_size="auto")
-need1 = memory.required_bytes(predictor.peak_bytes(shape, pairs, 1, 1), memory.process_rss_bytes())
-predictor.memory_gb = (need1 + 0.25 * (predictor.peak_bytes(shape, pairs, 1, pairs)
-                                        - predictor.peak_bytes(shape, pairs, 1, 1))) / memory.GB
+peaks = [predictor.peak_bytes(shape, pairs, 1, m) for m in (1, 2, 3)]
+rss = memory.process_rss_bytes()
+need2, need3 = (memory.required_bytes(peak, rss) for peak in peaks[1:])
+predictor.memory_gb = (need2 + need3) / 2 / memory.GB
 predictor.predict(target, images, labels)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = memory.peak_rss_bytes()
 print(json.dumps({"peak": peak, "budget": predictor.budget_bytes,
                   "m": predictor.last_mini_context_size}))
 """
 
 
 def test_measured_peak_rss_stays_under_the_budget():
-    """In a fresh process: auto m under a budget that allows some but not all pairs at once."""
+    """In a fresh process: auto m under a budget that allows 2 of 4 pairs at once.
+
+    The released model's activations at 128^3 are >= 64 MB, which glibc always maps and
+    unmaps; this small problem's (16 MB) would otherwise stay in malloc's heaps and make RSS
+    depend on thread scheduling, so the same regime is set with ``MALLOC_MMAP_THRESHOLD_``.
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(4 * 2 ** 20))
     proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert 1 <= result["m"] < 6
+    assert result["m"] == 2
     assert result["peak"] <= result["budget"], result
