@@ -3,27 +3,27 @@ from __future__ import annotations
 
 import sys
 
-from .workflows.errors import EXIT_FAILURE, EXIT_OK, NeuroverseError
+from .workflows.errors import EXIT_FAILURE, EXIT_OK, NeuroverseError  # noqa: F401
 
 __all__ = ["EXIT_OK", "NeuroverseError", "run_with_exit_codes"]
 
 
 def run_with_exit_codes(program: str, function, *args) -> int:
-    """Call ``function(*args)``; turn known errors into a one-line message and an exit code."""
-    from .model.checkpoint import CheckpointError
+    """Call ``function(*args)``; turn known errors into a one-line message and an exit code.
 
+    Errors the user can fix carry an integer ``exit_code`` (NeuroverseError, CheckpointError,
+    MemoryBudgetError); anything else is an unexpected failure (exit 1, traceback kept).
+    """
     try:
         return function(*args)
-    except NeuroverseError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except CheckpointError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return error.exit_code
     except KeyboardInterrupt:
         print(f"{program}: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # an unexpected failure: keep the traceback for the report
+    except Exception as error:
+        code = getattr(error, "exit_code", None)
+        if isinstance(code, int):
+            print(f"{program}: error: {error}", file=sys.stderr)
+            return code
         import traceback
 
         traceback.print_exc()

@@ -105,6 +105,26 @@ def test_every_expected_output_exists_with_sidecar_and_native_grid(app_run):
     assert not list(out.rglob(".*.nii.gz")), "temporary files left behind"
 
 
+def test_subject_reports_reference_existing_figures(app_run):
+    from neuroverse_bids.workflows.reports import is_nonempty_image, report_figures
+
+    for subject in ("01", "02"):
+        report = app_run["out"] / f"sub-{subject}.html"
+        figures = report_figures(report)
+        assert len(figures) >= 3, figures  # registration, structures, context
+        assert all(is_nonempty_image(f) for f in figures)
+        text = report.read_text()
+        assert "Neuroverse3D" in text and "float32" in text
+
+
+def test_run_log_and_configuration_are_saved(app_run):
+    logs = app_run["out"] / "logs"
+    configs = list(logs.glob("*_config.json"))
+    assert configs and list(logs.glob("*.log"))
+    config = json.loads(configs[0].read_text())
+    assert "participant" in json.dumps(config)
+
+
 def test_output_dataset_passes_the_bids_validator(app_run):
     validator = shutil.which("bids-validator-deno")
     if validator is None:
@@ -140,3 +160,7 @@ def test_group_level_tabulates_native_volumes(app_run):
     mask = nb.load(str(out / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz"))
     voxel = float(np.prod(mask.header.get_zooms()[:3]))
     assert float(first["brain"]) == pytest.approx(np.count_nonzero(np.asanyarray(mask.dataobj)) * voxel)
+    from neuroverse_bids.workflows.reports import is_nonempty_image, report_figures
+
+    figures = report_figures(out / "group.html")
+    assert figures and all(is_nonempty_image(f) for f in figures)

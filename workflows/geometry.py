@@ -87,6 +87,19 @@ def _as_image(image):
     return image, data
 
 
+def _header_only(image):
+    """A nibabel image from a path or an image, without reading its voxels."""
+    if not isinstance(image, (str, os.PathLike)):
+        return image
+    path = Path(image)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: reference image not found")
+    try:
+        return nb.load(str(path))
+    except Exception as error:  # nibabel raises many types for damaged files
+        raise BadInputError(f"{path}: cannot read this reference image ({error})") from None
+
+
 def to_ants(img, data=None):
     """A float32 ANTs image of ``img`` (nibabel) with its RAS affine turned into LPS geometry."""
     import ants
@@ -211,7 +224,7 @@ def resample(in_file, reference, transform, out_file, interpolation="linear",
         raise BadInputError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, "
                             f"got {interpolation!r}")
     in_img, in_data = _as_image(in_file)
-    ref_img, _ = _as_image(reference)
+    ref_img = _header_only(reference)
     transforms = [] if transform is None else (
         [transform] if isinstance(transform, (str, os.PathLike)) else list(transform))
     for path in transforms:

@@ -153,8 +153,15 @@ def _client(home: Path):
     # templateflow.api reads TEMPLATEFLOW_HOME once, at import, and may refresh its skeleton
     # from GitHub when TEMPLATEFLOW_AUTOUPDATE is on: keep it local.
     os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
-    from templateflow.client import TemplateFlowClient
-
+    # its first import also writes a skeleton into an empty home: make that home ours
+    unset = "TEMPLATEFLOW_HOME" not in os.environ
+    if unset:
+        os.environ["TEMPLATEFLOW_HOME"] = str(home)
+    try:
+        from templateflow.client import TemplateFlowClient
+    finally:
+        if unset:
+            del os.environ["TEMPLATEFLOW_HOME"]
     return TemplateFlowClient(root=home, autoupdate=False, use_datalad=False)
 
 

@@ -148,12 +148,32 @@ def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
     if args.omp_nthreads:
         os.environ["OMP_NUM_THREADS"] = str(args.omp_nthreads)
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
+    from ..logs import ProgressReporter
+
+    plugin = dict(plugin, plugin_args=dict(plugin["plugin_args"],
+                                           status_callback=ProgressReporter(workflow)))
     LOGGER.info("running %d participant(s) with the %s plugin", len(plan.subjects), plugin["plugin"])
     try:
         workflow.run(**plugin)
     except RuntimeError as error:
+        write_reports(plan)  # the reports list the crash files
         crashes = sorted(str(p) for p in crash_dir.glob("crash-*"))
         raise NeuroverseError(f"the workflow failed ({error}); crash reports: "
                               f"{', '.join(crashes) or crash_dir}", exit_code=1) from None
-    print(f"neuroverse3d: finished {len(plan.subjects)} participant(s); outputs in {plan.output_dir}")
+    reports = write_reports(plan)
+    print(f"neuroverse3d: finished {len(plan.subjects)} participant(s); outputs in {plan.output_dir}"
+          + (f"; reports: {', '.join(str(r) for r in reports)}" if reports else ""))
     return 0
+
+
+def write_reports(plan: ParticipantPlan) -> List[Path]:
+    """One HTML report per participant; a report that cannot be made is logged, not fatal."""
+    from ..workflows.reports import build_subject_report
+
+    reports = []
+    for subject in plan.subjects:
+        try:
+            reports.append(build_subject_report(plan.output_dir, subject, work_dir=plan.work_dir))
+        except Exception as error:  # a report problem must not fail a finished run
+            LOGGER.warning("no report for sub-%s: %s", subject, error)
+    return reports

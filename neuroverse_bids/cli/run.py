@@ -92,6 +92,9 @@ def run(args) -> int:
     output_dir = args.output_dir.resolve()
     work_dir = (args.work_dir or Path("work")).resolve()
     check_paths(bids_dir, output_dir, work_dir)
+    from ..logs import setup_run_logging
+
+    setup_run_logging(output_dir, args)
     if args.analysis_level == "group":
         from .group import run_group
 

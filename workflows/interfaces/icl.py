@@ -10,7 +10,6 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
     InputMultiObject,
-    OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
     traits,
@@ -111,7 +110,7 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
 
 
 class _PredictOutputSpec(TraitedSpec):
-    out_files = OutputMultiObject(File(exists=True), desc="K float32 outputs on the model grid")
+    out_files = traits.List(File(exists=True), desc="K float32 outputs on the model grid (always a list)")
     info = traits.Dict(desc="model, precision, mini-context size, contexts, timings (s)")
 
 

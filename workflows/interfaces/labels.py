@@ -9,7 +9,6 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
     InputMultiObject,
-    OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
     traits,
@@ -57,7 +56,7 @@ class _MasksInputSpec(BaseInterfaceInputSpec):
 
 
 class _MasksOutputSpec(TraitedSpec):
-    masks = OutputMultiObject(File(exists=True), desc="K uint8 masks")
+    masks = traits.List(File(exists=True), desc="K uint8 masks (always a list)")
     dseg = File(exists=True, desc="uint8 labels 1..K (largest probability above threshold)")
 
 
