@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -29,6 +27,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .fileio import write_atomic
 from .network import Neuroverse3D, NetworkConfig
 
 FORMAT_NAME = "neuroverse3d"
@@ -145,15 +144,7 @@ def save_checkpoint(model: Neuroverse3D, path, grid: Optional[dict] = None,
         "provenance": provenance or {},
     }
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)}))
     return path
 
 

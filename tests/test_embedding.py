@@ -1,9 +1,7 @@
 """``init_neuroverse3d_wf`` embedded in a user's own Nipype workflow."""
-import os
 
 import nibabel as nb
 import numpy as np
-import pytest
 import torch
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe

@@ -1,6 +1,5 @@
 """``neuroverse3d-predict`` end to end on the small reference model, and its errors."""
 import subprocess
-import sys
 
 import nibabel as nb
 import numpy as np

@@ -11,9 +11,8 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import nibabel as nb
 import numpy as np
@@ -29,6 +28,7 @@ from nipype.interfaces.base import (
 )
 
 from .errors import BadInputError, OutputError
+from .niftiio import write_atomic
 
 BIDS_VERSION = "1.10.0"
 #: filename entities in the order the BIDS specification (schema 1.x) writes them; from/to/mode
@@ -57,30 +57,6 @@ _VALUE = re.compile(r"^[A-Za-z0-9]+$")
 
 
 # --------------------------------------------------------------------------- atomic writes
-def _atomic_write(path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a hidden temporary file next to ``path``, then rename it."""
-    path = Path(path)
-    extension = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{extension}",
-                                       dir=path.parent)
-        os.close(handle)
-    except OSError as error:
-        raise OutputError(f"{path.parent}: cannot write here ({error.strerror}); choose a "
-                          "writable output location") from None
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as error:
-        raise OutputError(f"{path}: cannot write ({error.strerror})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def _write_text(path, text: str, keep_identical: bool = True) -> Path:
     path = Path(path)
     if keep_identical and path.is_file():
@@ -89,7 +65,7 @@ def _write_text(path, text: str, keep_identical: bool = True) -> Path:
                 return path
         except (OSError, UnicodeDecodeError):
             pass
-    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _json_value(value):
@@ -307,9 +283,9 @@ def _write_image(in_file: str, out_file: Path, suffix: str):
             header.set_slope_inter(1, 0)
             out = img.__class__(labels, img.affine, header)
     if out is img and same_compression:
-        _atomic_write(out_file, lambda tmp: shutil.copyfile(in_file, tmp))
+        write_atomic(out_file, lambda tmp: shutil.copyfile(in_file, tmp))
     else:
-        _atomic_write(out_file, lambda tmp: nb.save(out, tmp))
+        write_atomic(out_file, lambda tmp: nb.save(out, tmp))
 
 
 # --------------------------------------------------------------------------- interface
@@ -359,7 +335,7 @@ class DerivativesDataSink(SimpleInterface):
         if fields["extension"] in (".nii", ".nii.gz"):
             _write_image(in_file, out_file, fields["suffix"])
         else:
-            _atomic_write(out_file, lambda tmp: shutil.copyfile(in_file, tmp))
+            write_atomic(out_file, lambda tmp: shutil.copyfile(in_file, tmp))
 
         root = (Path(self.inputs.source_root) if isdefined(self.inputs.source_root)
                 else _source_root(sources[0]))

@@ -1,13 +1,12 @@
 """Reading and writing NIfTI volumes with clear errors and atomic writes."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 
+from ..model.fileio import write_atomic as _write_atomic
 from .errors import BadInputError, MissingInputError, OutputError
 
 
@@ -44,18 +43,17 @@ def write_nifti_atomic(data, reference, path, dtype=None):
     header.set_data_dtype(array.dtype)
     img = nb.Nifti1Image(array, reference.affine, header)
     img.header.set_xyzt_units(*reference.header.get_xyzt_units())
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    return write_atomic(path, lambda tmp: nb.save(img, tmp))
+
+
+def write_atomic(path, write) -> Path:
+    """:func:`model.fileio.write_atomic` with an unwritable folder reported as exit 73."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-        os.close(handle)
+        return _write_atomic(path, write)
     except OSError as error:
-        raise OutputError(f"{path.parent}: cannot write here ({error.strerror}); choose a "
-                          "writable output location") from None
-    try:
-        nb.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        raise OutputError(f"{path}: cannot write here ({error.strerror}); choose a writable "
+                          "output location or fix its permissions") from None
+
+
+def write_text_atomic(path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

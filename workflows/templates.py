@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 
 from .errors import MissingInputError, OutputError
+from .niftiio import write_atomic
 
 DEMO_TEMPLATE = "MNI152NLin2009aSym"
 _NILEARN_FILES = {"T1w": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -58,23 +58,6 @@ def nilearn_data_dir() -> Path:
     if spec is None or not spec.origin:
         raise MissingInputError("nilearn is not installed; install it (pip install nilearn)")
     return Path(spec.origin).parent / "datasets" / "data"
-
-
-def write_atomic(path: Path, write):
-    """Call ``write(tmp)`` then rename ``tmp`` to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _save(img, path: Path):

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..fileio import write_text_atomic
 from .synthesis import RESTORATION_TASKS, SEGMENTATION, TASKS
 
 FORMAT = "neuroverse3d-manifest"
@@ -149,18 +148,6 @@ def load_manifest(path) -> Manifest:
     return manifest
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_manifest(manifest: Manifest, path) -> Path:
     """Write JSON (or TSV for ``.tsv``) atomically; paths are written as stored."""
     path = Path(path)
@@ -172,7 +159,7 @@ def save_manifest(manifest: Manifest, path) -> Path:
                 cells = [d.name, s.id, s.image, s.label, s.brain_mask, paired, d.space,
                          ",".join(d.tasks) if d.tasks is not None else None]
                 lines.append("\t".join(c if c else "n/a" for c in cells))
-        _atomic_write(path, "\n".join(lines) + "\n")
+        write_text_atomic(path, "\n".join(lines) + "\n")
     else:
-        _atomic_write(path, json.dumps(manifest.to_dict(), indent=1) + "\n")
+        write_text_atomic(path, json.dumps(manifest.to_dict(), indent=1) + "\n")
     return path

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import html
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, List
 
 import nibabel as nb
 import numpy as np
 
-from ..errors import OutputError
+from ..niftiio import write_text_atomic  # noqa: F401 - the reports' writer
 
 #: image formats the reports write and link
 FIGURE_SUFFIXES = (".png", ".svg")
@@ -79,26 +77,6 @@ def page(title: str, sections: List[tuple]) -> str:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body><nav>{nav}</nav>"
             f"<main><h1>{esc(title)}</h1>{body}</main></body></html>\n")
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a hidden temporary file and a rename."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise OutputError(f"{path.parent}: cannot write the report here ({error.strerror})") \
-            from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def report_figures(html_file) -> List[Path]:

@@ -7,7 +7,6 @@ outlines at 0.5. Mosaics show sagittal (x), coronal (y) and axial (z) rows of ``
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -18,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..niftiio import write_atomic  # noqa: E402
+
 #: outline colours, one per structure, cycled
 COLOURS = ("#ff1744", "#00e5ff", "#ffea00", "#76ff03", "#ff9100", "#d500f9")
 COLOUR_NAMES = ("red", "cyan", "yellow", "green", "orange", "purple")
@@ -27,16 +28,10 @@ DPI = 90
 def _save(figure, out_png, facecolor="black") -> Path:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{out_png.stem}.", suffix=".png", dir=out_png.parent)
-    os.close(handle)
     try:
-        figure.savefig(tmp, dpi=DPI, facecolor=facecolor)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_png)
+        write_atomic(out_png, lambda tmp: figure.savefig(tmp, dpi=DPI, facecolor=facecolor))
     finally:
         plt.close(figure)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out_png
 
 
