@@ -1,7 +1,6 @@
 """Label handling: one structure out of a mask or dseg, and probabilities back to masks."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -15,10 +14,7 @@ from nipype.interfaces.base import (
 )
 
 from ..niftiio import load_volume, write_nifti_atomic
-
-
-def _out_path(runtime, name: str) -> str:
-    return str(Path(runtime.cwd) / name)
+from .icl import _out_path
 
 
 class _ExtractInputSpec(BaseInterfaceInputSpec):
