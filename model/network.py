@@ -75,7 +75,45 @@ def conv_split(x: Tensor, conv: nn.Conv3d, start: int, stop: int, bias: bool) ->
     lets a fusion conv act on each half separately, so the concatenation (and the broadcast of
     the target over context pairs) is never materialised.
     """
-    return F.conv3d(x, conv.weight[:, start:stop], conv.bias if bias else None)
+    return F.conv3d(x, split_weight(conv, start, stop, x), conv.bias if bias else None)
+
+
+def derived_weight(conv: nn.Conv3d, key, make, x: Tensor) -> Tensor:
+    """``make(conv.weight)``, cached on ``conv`` for inference (no gradient) while the weight
+    is unchanged (same storage, version, dtype); recomputed on every call otherwise."""
+    weight = conv.weight
+    if torch.is_grad_enabled() or x.requires_grad:
+        return make(weight)
+    try:
+        stamp = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+    except RuntimeError:  # an inference tensor has no version counter
+        return make(weight)
+    cache = conv.__dict__.setdefault("_derived_weights", {})
+    hit = cache.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = cache[key] = (stamp, make(weight))
+    return hit[1]
+
+
+def split_weight(conv: nn.Conv3d, start: int, stop: int, x: Tensor) -> Tensor:
+    """``conv.weight[:, start:stop]``, contiguous in ``x``'s layout (no per-call copy)."""
+    cl = x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
+    layout = torch.channels_last_3d if cl else torch.contiguous_format
+
+    def make(weight):
+        return weight[:, start:stop].contiguous(memory_format=layout)
+    return derived_weight(conv, ("split", start, stop, cl), make, x)
+
+
+def plus_identity(conv: nn.Conv3d, start: int, stop: int, x: Tensor) -> Tensor:
+    """``conv.weight[:, start:stop] + I`` (a square 1x1x1 slice): ``conv1x1(x; W + I) == x +
+    conv1x1(x; W)``, which saves materialising a residual sum. Used in float32 only: the
+    folded weight is exact to float32 rounding (bfloat16 would round ``1 + w`` coarsely)."""
+    def make(weight):
+        eye = torch.eye(stop - start, dtype=weight.dtype, device=weight.device)
+        return split_weight(conv, start, stop, x) + eye[:, :, None, None, None]
+    return derived_weight(conv, ("plus_identity", start, stop,
+                                 x.is_contiguous(memory_format=torch.channels_last_3d)), make, x)
 
 
 def _mkldnn_pointwise():
@@ -89,12 +127,14 @@ def _mkldnn_pointwise():
 _POINTWISE = _mkldnn_pointwise()
 
 
-def fusable(x: Tensor) -> bool:
+def fusable(x: Tensor, weight: Tensor) -> bool:
     """True where oneDNN fused conv kernels apply: CPU inference in float32/bfloat16 on a
-    ``channels_last_3d`` tensor. Elsewhere (CUDA, float64, training) plain ops run."""
+    ``channels_last_3d`` tensor, with ``weight`` of ``x``'s dtype (under ``torch.autocast`` a
+    bfloat16 ``x`` meets float32 weights: plain ops then cast). Elsewhere (CUDA, float64,
+    training) plain ops run."""
     return (_POINTWISE is not None and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 5
-            and x.is_contiguous(memory_format=torch.channels_last_3d))
+            and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype
+            and x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d))
 
 
 def _geometry(conv: nn.Conv3d):
@@ -103,7 +143,7 @@ def _geometry(conv: nn.Conv3d):
 
 def conv_gelu(x: Tensor, conv: nn.Conv3d) -> Tensor:
     """``GELU(conv(x))`` (one fused kernel where :func:`fusable`)."""
-    if fusable(x):
+    if fusable(x, conv.weight):
         return _POINTWISE(x, conv.weight, conv.bias, *_geometry(conv), "gelu", [], "none")
     return gelu(conv(x))
 
@@ -111,7 +151,7 @@ def conv_gelu(x: Tensor, conv: nn.Conv3d) -> Tensor:
 def conv_add(x: Tensor, weight: Tensor, bias, other: Tensor, padding: int = 0) -> Tensor:
     """``conv3d(x, weight, bias) + other`` (``other`` of the output's shape; fused where
     :func:`fusable`)."""
-    if fusable(x) and other.shape[0] == x.shape[0]:
+    if fusable(x, weight) and other.dtype == x.dtype and other.shape[0] == x.shape[0]:
         return _POINTWISE.binary(x, other, weight, bias, [padding] * 3, [1] * 3, [1] * 3, 1,
                                  "add", 1.0, None, [], None)
     return F.conv3d(x, weight, bias, padding=padding) + other
@@ -120,10 +160,30 @@ def conv_add(x: Tensor, weight: Tensor, bias, other: Tensor, padding: int = 0) -
 def layout_like(x: Tensor, conv: nn.Conv3d) -> Tensor:
     """``x`` in ``channels_last_3d`` when ``conv``'s weight is (an embedding's 1-2 input
     channels make the layout of its output ambiguous, so it is set explicitly)."""
-    weight = conv.weight
-    if weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous():
+    if channels_last(conv):
         return x.contiguous(memory_format=torch.channels_last_3d)
     return x
+
+
+def channels_last(conv: nn.Conv3d) -> bool:
+    """True when ``conv``'s weight is (unambiguously) in ``channels_last_3d``."""
+    weight = conv.weight
+    return weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+
+
+def embed_volume(x: Tensor, conv: nn.Conv3d, like: nn.Conv3d) -> Tensor:
+    """1x1x1 conv of a 1-channel volume ``[B, 1, *S]`` laid out like ``like``'s weight.
+
+    For inference in ``channels_last_3d`` it is one ``bias + x * w`` written straight into a
+    channels-last tensor (oneDNN runs a 1-input-channel volume in the default layout, slowly,
+    and the result would then need a layout change)."""
+    weight = conv.weight
+    if fusable(x, weight) and x.shape[1] == 1 and conv.bias is not None and channels_last(like):
+        out = torch.empty((x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype,
+                          device=x.device, memory_format=torch.channels_last_3d)
+        shape = (1, -1, 1, 1, 1)
+        return torch.addcmul(conv.bias.view(shape), x, weight.view(shape), out=out)
+    return layout_like(conv(x), like)
 
 
 def gelu_(x: Tensor) -> Tensor:
@@ -161,7 +221,7 @@ class ResidualBlock(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not fusable(x):
+        if not fusable(x, self.layers[0].weight):
             return gelu(x + self.layers(x))
         convs = [layer for layer in self.layers if isinstance(layer, nn.Conv3d)]
         y = x
@@ -226,7 +286,7 @@ class TargetEncoder(nn.Module):
         )
 
     def forward(self, target: Tensor):
-        t = layout_like(self.target_embedding(target), self.downsample_blocks[0].target_linear_layer)
+        t = embed_volume(target, self.target_embedding, self.downsample_blocks[0].target_linear_layer)
         skips = []
         for block, down in zip(self.enc_blocks, self.downsample_blocks):
             t = block.target_conv(t)
@@ -248,8 +308,13 @@ class ContextFusion(nn.Module):
         t = self.target_conv(t)
         conv = self.combine_conv_target.module
         c = t.shape[1]
-        other = t + conv_split(context_mean, conv, 0, c, bias=False)
-        return gelu_(conv_add(t, conv.weight[:, c:], conv.bias, other))
+        if fusable(t, conv.weight) and t.dtype == torch.float32:  # t folded into the weight
+            other = conv_split(context_mean, conv, 0, c, bias=True)
+            fused = conv_add(t, plus_identity(conv, c, 2 * c, t), None, other)
+        else:
+            other = t + conv_split(context_mean, conv, 0, c, bias=False)
+            fused = conv_add(t, split_weight(conv, c, 2 * c, t), conv.bias, other)
+        return gelu_(fused)
 
 
 class TargetOutput(nn.Module):
@@ -289,17 +354,34 @@ class ContextEncoderStage(nn.Module):
                 nn.Conv3d(2 * channels, channels, kernel_size=1)
             )
 
-    def forward(self, c: Tensor, target_skip: Tensor = None) -> Tensor:
-        """c: ``[B, n, C, *S]``; target_skip: ``[B, C, *S]`` (broadcast over the n pairs)."""
+    def target_term(self, target_skip: Tensor) -> Tensor:
+        """The target half of the fusion conv, with its bias: ``[B, C, *S]``; it does not
+        depend on the context, so it can be computed once per target."""
+        conv = self.combine_conv_context.module
+        ch = target_skip.shape[1]
+        return conv_split(target_skip, conv, ch, 2 * ch, bias=True)
+
+    def forward(self, c: Tensor, target_skip: Tensor = None, target_term: Tensor = None) -> Tensor:
+        """c: ``[B, n, C, *S]``; target_skip: ``[B, C, *S]`` (broadcast over the n pairs), or
+        its precomputed ``target_term``."""
         c = self.context_conv(c)
-        if target_skip is None:
+        if target_skip is None and target_term is None:
             return c
         conv = self.combine_conv_context.module
         ch = c.shape[2]
-        from_target = conv_split(target_skip, conv, ch, 2 * ch, bias=True).unsqueeze(1)
+        term = self.target_term(target_skip) if target_term is None else target_term
         flat = c.flatten(0, 1)
-        other = (c + from_target).flatten(0, 1)
-        fused = conv_add(flat, conv.weight[:, :ch], None, other)
+        if fusable(flat, conv.weight) and flat.dtype == torch.float32:
+            # GELU(c + W_c c + term) = GELU((W_c + I) c + term): no residual sum materialised
+            if term.shape[0] == flat.shape[0]:
+                other = term
+            else:  # the term repeated for each pair of the chunk
+                other = torch.empty_like(flat)
+                other.view(c.shape).copy_(term.unsqueeze(1))
+            fused = conv_add(flat, plus_identity(conv, 0, ch, flat), None, other)
+        else:
+            other = (c + term.unsqueeze(1)).flatten(0, 1)
+            fused = conv_add(flat, split_weight(conv, 0, ch, flat), None, other)
         return gelu_(fused).unflatten(0, c.shape[:2])
 
 
@@ -341,13 +423,23 @@ class ContextUNet(nn.Module):
         self.upsample_blocks = nn.ModuleList(ContextUpsample(a, b) for a, b in zip(rev[:-1], rev[1:]))
         self.dec_blocks = nn.ModuleList(ContextDecoderStage(c, convs) for c in rev[1:])
 
-    def forward(self, pairs: Tensor, target_skips: List[Tensor]) -> List[Tensor]:
+    def target_terms(self, target_skips: List[Tensor]) -> List[Tensor]:
+        """Per encoder stage, the target's contribution to the fusion (see
+        :meth:`ContextEncoderStage.target_term`): compute once per target, pass to forward."""
+        return [stage.target_term(t) for stage, t in zip(self.enc_blocks, target_skips)]
+
+    def forward(self, pairs: Tensor, target_skips: List[Tensor],
+                target_terms: List[Tensor] = None) -> List[Tensor]:
+        """``target_terms`` (optional): :meth:`target_terms` of ``target_skips``, to avoid
+        recomputing them for every mini-context."""
         c = self.context_embedding(pairs)
         c = layout_like(c.flatten(0, 1), self.downsample_blocks[0].context_linear_layer.module)
         c = c.unflatten(0, pairs.shape[:2])
         skips = []
-        for stage, down, t_skip in zip(self.enc_blocks, self.downsample_blocks, target_skips):
-            c = stage(c, t_skip)
+        terms = target_terms or [None] * len(target_skips)
+        for stage, down, t_skip, term in zip(self.enc_blocks, self.downsample_blocks,
+                                             target_skips, terms):
+            c = stage(c, t_skip, term)
             skips.append(c)
             c = down.context_linear_layer(c)
         c = self.enc_blocks[-1](c)

@@ -67,6 +67,42 @@ def native_bfloat16(device: torch.device) -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+SLAB_BYTES = 2 ** 20  # elementwise work in slabs this big stays in the CPU caches
+
+
+def _slabs(*tensors: Tensor):
+    """Views of ``[1, C, D, H, W]`` tensors cut along D into matching slabs of about
+    ``SLAB_BYTES`` (contiguous in ``channels_last_3d``); one whole slab on CUDA."""
+    first = tensors[0]
+    if first.device.type != "cpu" or first.dim() != 5:
+        yield tensors
+        return
+    plane = max(1, first[:, :, :1].numel() * 4)
+    step = max(1, SLAB_BYTES // plane)
+    for start in range(0, first.shape[2], step):
+        yield tuple(t[:, :, start:start + step] for t in tensors)
+
+
+def accumulate_(total: Tensor, part: Tensor) -> Tensor:
+    """``total += part`` with a float32 ``total`` and a lower-precision ``part``, slab by slab:
+    the widened copy of ``part`` then lives in cache (3-4x faster than one mixed add_)."""
+    if part.dtype == total.dtype:
+        return total.add_(part)
+    for acc, new in _slabs(total, part):
+        acc.add_(new)
+    return total
+
+
+def mean_(total: Tensor, count: int, dtype: torch.dtype) -> Tensor:
+    """``total / count`` in ``dtype``; ``total`` (float32, no longer needed) is divided in place."""
+    if dtype == total.dtype:
+        return total.div_(count)
+    out = torch.empty_like(total, dtype=dtype)
+    for acc, dst in _slabs(total, out):
+        dst.copy_(acc.div_(count))
+    return out
+
+
 def _sync(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -113,6 +149,7 @@ class Predictor:
         clock = time.perf_counter()
         bottleneck, skips = model.encode_target(
             target[None, None].to(device, dtype).contiguous(memory_format=CL))
+        terms = model.context_unet.target_terms(skips)  # once per target, not per chunk
         sums = [None] * structures  # per structure: per-level float32 sums [1, C_k, ...]
         _sync(device)
         encoded = time.perf_counter()
@@ -122,7 +159,7 @@ class Predictor:
             # [n, D, H, W, 2] -> [1, n, 2, D, H, W] with channels last (no layout change later)
             pair = torch.stack([images[ls].to(device, dtype), labels[ks, ls].to(device, dtype)],
                                dim=-1)
-            features = model.context_unet(pair.permute(0, 4, 1, 2, 3)[None], skips)
+            features = model.context_unet(pair.permute(0, 4, 1, 2, 3)[None], skips, terms)
             del pair
             for j, k in enumerate(ks):
                 part = [f[:, j] for f in features]
@@ -130,13 +167,14 @@ class Predictor:
                     sums[k] = [p.to(torch.float32, copy=True) for p in part]
                 else:
                     for total, p in zip(sums[k], part):
-                        total.add_(p)
+                        accumulate_(total, p)
             del features, part
+        del terms
         _sync(device)
         contexts = time.perf_counter()
         outputs = []
         for k in range(structures):
-            means = [(s / pairs).to(dtype) for s in sums[k]]
+            means = [mean_(s, pairs, dtype) for s in sums[k]]
             sums[k] = None
             outputs.append(model.decode(bottleneck, skips, means)[0, 0])
             del means
@@ -168,6 +206,8 @@ class Predictor:
             torch.set_num_threads(1)  # tiny ops: threads only add synchronisation
             try:
                 with torch.inference_mode():
+                    if not self._peaks:  # derived weights are cached on first use: not traced
+                        self._run(self.model, small, images, labels, chunk)
                     peak = memory.traced_peak_bytes(
                         lambda: self._run(self.model, small, images, labels, chunk))
             finally:

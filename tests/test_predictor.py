@@ -159,3 +159,23 @@ def test_measured_peak_rss_stays_under_the_budget():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["m"] == 2
     assert result["peak"] <= result["budget"], result
+
+
+def test_autocast_bfloat16_forward_of_a_float32_model_uses_plain_ops():
+    """Under ``torch.autocast`` (training validation) activations are bfloat16 while weights
+    stay float32: the fused oneDNN kernels must not be used then (they need equal dtypes)."""
+    from neuroverse_bids.model.network import fusable
+
+    model = _tiny(seed=3).to(memory_format=torch.channels_last_3d).eval()
+    target, images, labels = _volumes((16, 16, 16), pairs=2, seed=3)
+    args = (target[None, None], images[None, :, None], labels[None, :, None])
+    assert not fusable(torch.zeros(1, 4, 2, 2, 2, dtype=torch.bfloat16), model.context_unet
+                       .enc_blocks[0].context_conv.module.layers[0].weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            fused = model(*args)
+        with torch.enable_grad():  # gradient mode: the plain (non-fused) path throughout
+            plain = model(*args).detach()
+    assert fused.dtype == plain.dtype and fused.shape == (1, 1, 16, 16, 16)
+    error = ((fused.float() - plain.float()).norm() / plain.float().norm()).item()
+    assert error <= 1e-2, error
