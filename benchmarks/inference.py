@@ -143,7 +143,7 @@ def run_case(case: dict) -> dict:
         start = time.perf_counter()
         out = predictor.predict(target, images, labels)
         result["seconds"] = time.perf_counter() - start
-        result.update(precision=predictor.precision,
+        result.update(precision=predictor.precision, precision_requested=case["precision"],
                       mini_context_used=predictor.last_mini_context_size,
                       timings={k: round(v, 3) for k, v in predictor.timings.items()},
                       estimated_peak_gb=round(predictor.last_required_bytes / 2 ** 30, 3),
@@ -178,15 +178,18 @@ def machine() -> dict:
 
 def _cases(args, tmp):
     cases = []
+    baseline_contexts = args.baseline_contexts or args.contexts
     for pairs in args.contexts:
         base = dict(grid=args.grid, contexts=pairs, device=args.device, mem_gb=args.mem)
-        if "baseline" in args.modes:
+        if "baseline" in args.modes and pairs in baseline_contexts:
             cases.append(dict(base, mode="baseline", precision="float32",
                               mini_context=min(args.baseline_m, pairs)))
         if "fast" in args.modes:
             for precision in args.precisions:
-                for m in args.mini_context:
-                    m = m if m == "auto" else min(int(m), pairs)
+                sizes = (args.mini_context_float32 if precision == "float32"
+                         and args.mini_context_float32 else args.mini_context)
+                for m in sizes:
+                    m = 1 if pairs == 1 else m if m == "auto" else min(int(m), pairs)
                     case = dict(base, mode="fast", precision=precision, mini_context=m)
                     if case not in cases:
                         cases.append(case)
@@ -222,8 +225,11 @@ def table(cases) -> str:
                          f"{c['mini_context']} | failed: {c.get('error', '?')[:60]} |||||")
             continue
         mem = c.get("peak_cuda_gb", c["peak_rss_gb"])
+        precision = c["precision"]
+        if c.get("precision_requested", precision) != precision:
+            precision = f"{c['precision_requested']} ({precision})"
         lines.append(
-            f"| {c['contexts']} | {c['mode']} | {c['precision']} | {c['mini_context_used']} | "
+            f"| {c['contexts']} | {c['mode']} | {precision} | {c['mini_context_used']} | "
             f"{c['seconds']:.2f} | {c.get('speedup_vs_baseline', '')} | {mem} | "
             f"{c.get('estimated_peak_gb', '')} | {c.get('max_abs_diff', float('nan')):.2e} | "
             f"{c.get('rel_l2', float('nan')):.2e} |")
@@ -239,6 +245,10 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=["baseline", "fast"],
                         choices=("baseline", "fast"))
     parser.add_argument("--baseline-m", type=int, default=1)
+    parser.add_argument("--baseline-contexts", type=int, nargs="+", default=None,
+                        help="run the baseline only for these L (default: all of --contexts)")
+    parser.add_argument("--mini-context-float32", nargs="+", default=None,
+                        help="m values for float32 (default: --mini-context)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mem", type=float, default=None, help="budget for auto m, GB")
     parser.add_argument("--tag", default=None)
@@ -251,6 +261,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         cases = _cases(args, tmp)
         for case in cases:
+            case["load_before"] = [round(x, 2) for x in os.getloadavg()]
             proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
                                   capture_output=True, text=True)
             if proc.returncode:
@@ -264,8 +275,11 @@ def main(argv=None):
     tag = args.tag or f"{torch.device(args.device).type if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')}_{args.grid}"
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "argv": sys.argv[1:], "cases": cases}
+    loads = [c["load_before"][0] for c in cases]
     text = (f"# Inference benchmark `{tag}`\n\nMachine: {json.dumps(report['machine'])}\n\n"
-            f"Command: `python benchmarks/inference.py {' '.join(sys.argv[1:])}`\n\n{table(cases)}\n")
+            f"Command: `python benchmarks/inference.py {' '.join(sys.argv[1:])}`\n\n"
+            f"1-minute load average before each case: {min(loads)}-{max(loads)} (per case in "
+            f"the JSON; the machine has {os.cpu_count()} cores and is shared)\n\n{table(cases)}\n")
     for path, content in ((args.out / f"inference_{tag}.json", json.dumps(report, indent=2)),
                           (args.out / f"inference_{tag}.md", text)):
         partial = path.with_suffix(path.suffix + ".part")
