@@ -75,7 +75,10 @@ def conv_split(x: Tensor, conv: nn.Conv3d, start: int, stop: int, bias: bool) ->
     lets a fusion conv act on each half separately, so the concatenation (and the broadcast of
     the target over context pairs) is never materialised.
     """
-    return F.conv3d(x, split_weight(conv, start, stop, x), conv.bias if bias else None)
+    weight, b = split_weight(conv, start, stop, x), conv.bias if bias else None
+    if fusable(x, weight):  # oneDNN, output channels-last (aten may pick a slow GEMM path)
+        return _POINTWISE(x, weight, b, [0] * 3, [1] * 3, [1] * 3, 1, "none", [], "")
+    return F.conv3d(x, weight, b)
 
 
 def derived_weight(conv: nn.Conv3d, key, make, x: Tensor) -> Tensor:
@@ -109,11 +112,13 @@ def plus_identity(conv: nn.Conv3d, start: int, stop: int, x: Tensor) -> Tensor:
     """``conv.weight[:, start:stop] + I`` (a square 1x1x1 slice): ``conv1x1(x; W + I) == x +
     conv1x1(x; W)``, which saves materialising a residual sum. Used in float32 only: the
     folded weight is exact to float32 rounding (bfloat16 would round ``1 + w`` coarsely)."""
+    part = split_weight(conv, start, stop, x)
+
     def make(weight):
         eye = torch.eye(stop - start, dtype=weight.dtype, device=weight.device)
-        return split_weight(conv, start, stop, x) + eye[:, :, None, None, None]
-    return derived_weight(conv, ("plus_identity", start, stop,
-                                 x.is_contiguous(memory_format=torch.channels_last_3d)), make, x)
+        out = torch.empty_like(part, memory_format=torch.preserve_format)
+        return torch.add(part, eye[:, :, None, None, None], out=out)  # keeps part's strides
+    return derived_weight(conv, ("plus_identity", start, stop, part.stride()), make, x)
 
 
 def _mkldnn_pointwise():
