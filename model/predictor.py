@@ -10,7 +10,9 @@ structures are decoded one by one. The result equals K separate calls.
 
 Speed: weights are cast once to the chosen precision and kept in ``channels_last_3d`` like
 every activation; on the CPU the network uses fused oneDNN conv kernels (see
-``network.fusable``). Memory: ``mini_context_size='auto'`` picks the largest m whose peak
+``network.fusable``). The target's share of the context fusion is computed once per target
+(``ContextUNet.target_terms``), not once per chunk, and the float32 feature sums are
+accumulated slab by slab so that widening bfloat16 features stays in cache. Memory: ``mini_context_size='auto'`` picks the largest m whose peak
 (traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits the budget.
 """
 from __future__ import annotations

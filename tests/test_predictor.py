@@ -67,6 +67,24 @@ def test_bfloat16_agrees_with_float32(channels, grid):
     assert 0 < error <= 1e-2, error
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known: bfloat16 gives rel L2 0.0122 on this 4..64-channel fixture (released config: "
+    "~2e-3). Rounding only the parameters to bfloat16 already gives 0.0085 (weights 0.0050, "
+    "biases 0.0044, inputs 0.0017); float32 target decoder 0.0111, float32 output block 0.0119, "
+    "float32 context U-Net 0.0108: no cheap float32 island reaches 1e-2"))
+def test_bfloat16_agrees_with_float32_on_the_official_small_model(official_small_ckpt,
+                                                                 official_io):
+    args = (official_io["target_in"][0, 0], official_io["context_in"][0, :, 0],
+            official_io["context_out"][0, :, 0])
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        predictor = Predictor(load_checkpoint(official_small_ckpt), device="cpu",
+                              precision=precision, mini_context_size=1)
+        outputs[precision] = predictor.predict(*args)
+    ref, low = outputs["float32"], outputs["bfloat16"]
+    assert ((low - ref).norm() / ref.norm()).item() <= 1e-2
+
+
 def test_precision_and_device_choices():
     cpu = torch.device("cpu")
     with pytest.raises(ValueError, match="CUDA only"):
@@ -145,7 +163,7 @@ print(json.dumps({"peak": peak, "budget": predictor.budget_bytes,
 """
 
 
-def test_measured_peak_rss_stays_under_the_budget():
+def test_measured_peak_rss_stays_under_the_budget(tmp_path):
     """In a fresh process: auto m under a budget that allows 2 of 4 pairs at once.
 
     The released model's activations at 128^3 are >= 64 MB, which glibc always maps and
@@ -153,8 +171,9 @@ def test_measured_peak_rss_stays_under_the_budget():
     depend on thread scheduling, so the same regime is set with ``MALLOC_MMAP_THRESHOLD_``.
     """
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(4 * 2 ** 20))
+    # cwd outside the checkout: the source folders must not shadow the installed package
     proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT], capture_output=True, text=True,
-                          timeout=300, env=env)
+                          timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["m"] == 2

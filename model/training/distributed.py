@@ -1,8 +1,9 @@
-"""Data-parallel helpers for ``torchrun`` (single or multi node).
+"""Data-parallel training with PyTorch ``DistributedDataParallel`` under ``torchrun``.
 
 The APSP training step calls the network's parts (``encode_target``, ``context_features``,
-``decode``) rather than ``forward``, which ``DistributedDataParallel`` needs to hook into; so
-gradients are averaged explicitly with one flat all-reduce per step, which is what DDP does.
+``decode``), not ``Neuroverse3D.forward``; :class:`APSPTrainingModule` makes that step the
+``forward`` of a small module, so DDP's hooks see one forward per group and its reducer
+all-reduces (averages) the gradients in buckets during the last backward of a step.
 Each rank handles the groups ``rank, rank + world, ...`` of the global batch, so N processes
 compute the same update as one process with the same global batch.
 """
@@ -13,6 +14,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..apsp import apsp_training_forward
 
 
 @dataclass
@@ -58,36 +63,49 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 def all_reduce_sum_(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
-    """In-place sum over ranks (no-op on one process)."""
+    """In-place sum over ranks (no-op on one process); reduced on ``context.device``, as NCCL
+    takes CUDA tensors only."""
     if context.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        work = tensor.to(context.device)
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        if work is not tensor:
+            tensor.copy_(work)
     return tensor
 
 
-def all_reduce_gradients(model: torch.nn.Module, context: DistContext) -> None:
-    """Sum every parameter's gradient over ranks (one flat buffer).
+class APSPTrainingModule(nn.Module):
+    """One APSP training forward as ``forward`` (what DDP wraps); ``net`` is the Neuroverse3D.
 
-    The loss is already divided by the global batch size, so the sum is the global mean.
+    Every parameter gets a gradient through the chunk that keeps its graph, so DDP needs no
+    ``find_unused_parameters``.
     """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, target_in: Tensor, context_in: Tensor, context_out: Tensor,
+                mini_context_size: int, chosen_chunk: int) -> Tensor:
+        """``[B,1,D,H,W]``, ``[B,L,1,D,H,W]`` x2 -> ``[B,1,D,H,W]``; see ``apsp_training_forward``."""
+        return apsp_training_forward(self.net, target_in, context_in, context_out,
+                                     mini_context_size, chosen_chunk=chosen_chunk)
+
+
+def wrap_for_training(net: nn.Module, context: DistContext) -> nn.Module:
+    """:class:`APSPTrainingModule` around ``net``, inside ``DistributedDataParallel`` when
+    several processes run (which also broadcasts rank 0's weights to every rank).
+
+    DDP averages gradients over ranks: scale each rank's loss by ``world_size`` to get sums.
+    """
+    module = APSPTrainingModule(net)
     if not context.enabled:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.flatten() for p in params])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
+        return module
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False)
 
 
-def broadcast_parameters(model: torch.nn.Module, context: DistContext) -> None:
-    """Make every rank start from rank 0's weights."""
-    if context.enabled:
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(tensor.data, src=0)
+def is_ddp(engine: nn.Module) -> bool:
+    return isinstance(engine, DistributedDataParallel)
 
 
 def barrier(context: DistContext) -> None:

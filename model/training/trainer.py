@@ -4,6 +4,8 @@ Randomness: every group of every step draws from its own generator seeded by
 ``(seed, step, group)``, and the chunk that keeps its graph is drawn from it too. A run stopped
 and resumed therefore reproduces the uninterrupted run exactly (model, optimizer, scheduler and
 step are restored), and N data-parallel ranks reproduce one process with the same global batch.
+Several processes (``torchrun``) train through ``DistributedDataParallel`` (``self.engine``);
+``self.model`` is always the bare network, so checkpoints carry no ``module.`` prefix.
 
 Files in ``output_dir``: ``state.pt`` (resume state), ``model.safetensors`` (latest weights in
 the project format), ``best.safetensors`` (best validation loss), ``log.csv``, ``config.json``,
@@ -20,17 +22,16 @@ import time
 from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 
-from ..apsp import apsp_training_forward
+from ..apsp import chunk_bounds
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..network import Neuroverse3D
 from .augment import AugmentConfig
 from .config import TrainConfig
-from .distributed import (DistContext, all_reduce_gradients, all_reduce_sum_, barrier,
-                          broadcast_parameters)
+from .distributed import DistContext, all_reduce_sum_, barrier, is_ddp, wrap_for_training
 from .losses import dice, psnr, task_loss
 from .manifest import load_manifest
 from .sampling import EpisodeSampler, rotations
@@ -90,7 +91,11 @@ class Trainer:
         if config.channels_last:  # 3D convolutions are much faster in this layout (15x on CPU)
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         config.check()  # again: a fine-tuned checkpoint may bring another depth
-        broadcast_parameters(self.model, self.ctx)
+        if config.batch_size < self.ctx.world_size:
+            raise ValueError(f"batch_size ({config.batch_size}) must be at least the number of "
+                             f"processes ({self.ctx.world_size})")
+        # what the training step calls: DistributedDataParallel when several processes run
+        self.engine = wrap_for_training(self.model, self.ctx)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
@@ -191,19 +196,26 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         local_loss, tasks = torch.zeros((), dtype=torch.float64), []
-        for group in range(self.ctx.rank, cfg.batch_size, self.ctx.world_size):
+        groups = range(self.ctx.rank, cfg.batch_size, self.ctx.world_size)
+        for index, group in enumerate(groups):
             generator = generator_for(cfg.seed, step, group)
             episode = self.sampler.sample(generator, size)
             batch = self._to_device(rotations(episode.inputs, episode.outputs, cfg.targets_per_group))
-            with self._autocast():
-                pred = apsp_training_forward(self.model, batch["target_in"], batch["context_in"],
-                                             batch["context_out"], mini, generator=generator)
-            loss = task_loss(pred, batch["target_out"], episode.task, cfg.gradient_weight,
-                             cfg.loss_beta, cfg.task_weights) / cfg.batch_size
-            loss.backward()
+            # the chunk that keeps its graph (a small dataset may give fewer pairs than ``size``)
+            chunks = len(chunk_bounds(batch["context_in"].shape[1], mini))
+            chosen = int(torch.randint(chunks, (1,), generator=generator))
+            # DDP: accumulate locally, all-reduce in the step's last backward only
+            last = index == len(groups) - 1
+            with (nullcontext() if last or not is_ddp(self.engine) else self.engine.no_sync()):
+                with self._autocast():
+                    pred = self.engine(batch["target_in"], batch["context_in"],
+                                       batch["context_out"], mini, chosen)
+                loss = task_loss(pred, batch["target_out"], episode.task, cfg.gradient_weight,
+                                 cfg.loss_beta, cfg.task_weights) / cfg.batch_size
+                # DDP averages over ranks; the sum over ranks is the global-batch mean
+                (loss * self.ctx.world_size if self.ctx.enabled else loss).backward()
             local_loss += loss.detach().double().cpu()
             tasks.append(episode.task)
-        all_reduce_gradients(self.model, self.ctx)
         all_reduce_sum_(local_loss, self.ctx)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
