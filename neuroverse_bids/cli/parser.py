@@ -87,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     workflow.add_argument("--model", type=Path, metavar="CKPT",
                           help="model checkpoint (.safetensors or the released .ckpt); default: "
                                "the model bundled with this package")
-    workflow.add_argument("--template", default=DEFAULT_TEMPLATE, metavar="ID",
-                          help="TemplateFlow identifier of the template space")
+    workflow.add_argument("--template", metavar="ID",
+                          help="TemplateFlow identifier of the template space (default: the "
+                               f"space the model was trained in, else {DEFAULT_TEMPLATE}); "
+                               "MNI152NLin2009aSym is served offline from nilearn's copy")
     workflow.add_argument("--sloppy", action="store_true",
                           help="coarse, fast registration (for testing only)")
 

@@ -33,6 +33,36 @@ def resolve_model(path) -> Path:
                             "checkpoint (e.g. the released neuroverse3D.ckpt, see the README)")
 
 
+def resolve_template(requested, model) -> str:
+    """``--template``, else the template space the model was trained in, else the default."""
+    from .parser import DEFAULT_TEMPLATE
+
+    return requested or (model.metadata.get("grid") or {}).get("template") or DEFAULT_TEMPLATE
+
+
+def template_files_for(template_id: str) -> Dict:
+    """The template's files from TemplateFlow's home. MNI152NLin2009aSym, when missing, is
+    written there from nilearn's wheel (offline) first; other templates must be prefetched."""
+    from ..workflows.errors import OutputError
+    from ..workflows.templates import (DEMO_TEMPLATE, fill_templateflow_home, get_template,
+                                       templateflow_home)
+
+    try:
+        return get_template(template_id)
+    except MissingInputError:
+        if template_id != DEMO_TEMPLATE:
+            raise
+    home = templateflow_home()
+    LOGGER.info("writing %s into TemplateFlow home %s from nilearn's copy (offline)",
+                template_id, home)
+    try:
+        fill_templateflow_home(home)
+    except OSError as error:
+        raise OutputError(f"cannot write template {template_id} into TEMPLATEFLOW_HOME {home} "
+                          f"({error.strerror}); set TEMPLATEFLOW_HOME to a writable folder") from None
+    return get_template(template_id)
+
+
 def write_grid_reference(template_files: Dict, grid: Dict, path: Path) -> Path:
     """The model grid in template space, rewritten only when it changed (keeps caches valid)."""
     import nibabel as nb
@@ -69,7 +99,6 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     from ..model import load_checkpoint
     from ..workflows.derivatives import write_dataset_description, write_dseg_tsv
     from ..workflows.participant import init_main_wf
-    from ..workflows.templates import get_template
 
     validate_bids(bids_dir, skip=args.skip_bids_validation)
     spec = spec_from_args(args)
@@ -91,9 +120,10 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     if "shape" not in grid or "voxel_size_mm" not in grid:
         raise NeuroverseError(f"{model_path}: the model has no input grid in its metadata; convert "
                               "it with neuroverse3d-convert (which records the grid)", exit_code=65)
-    template_files = get_template(args.template)
+    template = args.template = resolve_template(args.template, model)
+    template_files = template_files_for(template)
     grid_reference = write_grid_reference(template_files, grid,
-                                          work_dir / "grid" / f"tpl-{args.template}_grid.nii.gz")
+                                          work_dir / "grid" / f"tpl-{template}_grid.nii.gz")
 
     if spec.task == "segmentation":
         output_names = [s.name for s in spec.structures]
