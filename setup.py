@@ -54,6 +54,9 @@ setup(
             "neuroverse3d-train=neuroverse_bids.model.training.cli:main",
             "neuroverse3d-manifest=neuroverse_bids.cli.manifest:main",
             "neuroverse3d-demo-data=neuroverse_bids.cli.demo_data:main",
+            "neuroverse3d-demo=neuroverse_bids.cli.demo:main",
+            "neuroverse3d-make-training-data=neuroverse_bids.anatomy.cli:main",
+            "neuroverse3d-eval=neuroverse_bids.evaluate:main",
         ]
     },
 )
