@@ -3,14 +3,13 @@
 #   docker build -t neuroverse3d .                      # CPU torch (default)
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t neuroverse3d:cuda .
 #
-# The released checkpoint (neuroverse3D.ckpt, see the README) must lie in the build context; it is
-# converted to the project format and installed as the default model. Without it, build with
-# --build-arg REQUIRE_MODEL=0 and pass --model at run time.
+# The bundled default model comes with the package. When the released checkpoint
+# (neuroverse3D.ckpt, see the README) lies in the build context, it is converted to the project
+# format as /opt/neuroverse3d/neuroverse3d_released.safetensors (use it with --model).
 FROM python:3.11.7-slim-bookworm
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG REQUIRE_MODEL=1
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -42,17 +41,14 @@ RUN python -c "from templateflow.api import get; \
 [get(t, resolution=1, desc='brain', suffix='mask', extension='.nii.gz') for t in ('MNI152NLin2009cAsym', 'MNI152NLin2009aSym')]" \
  && chmod -R a+rX "${TEMPLATEFLOW_HOME}"
 
-# The default model: the released checkpoint converted to the project format (with its grid).
+# The released checkpoint, when given, converted to the project format (with its grid).
 COPY setup.py neuroverse3D.ckp[t] /tmp/model/
-RUN data="$(python -c 'import neuroverse_bids, pathlib; print(pathlib.Path(neuroverse_bids.__file__).parent / "data")')" \
- && mkdir -p "$data" \
+RUN python -c "import neuroverse_bids.cli.participant as p; assert p.BUNDLED_MODEL.is_file()" \
+ && mkdir -p /opt/neuroverse3d \
  && if [ -f /tmp/model/neuroverse3D.ckpt ]; then \
-        neuroverse3d-convert /tmp/model/neuroverse3D.ckpt "$data/neuroverse3d_default.safetensors" \
-        && chmod a+r "$data/neuroverse3d_default.safetensors"; \
-    elif [ "${REQUIRE_MODEL}" = "1" ]; then \
-        echo "neuroverse3D.ckpt is not in the build context (see the README), or build with --build-arg REQUIRE_MODEL=0" >&2; exit 1; \
+        neuroverse3d-convert /tmp/model/neuroverse3D.ckpt /opt/neuroverse3d/neuroverse3d_released.safetensors; \
     fi \
- && rm -rf /tmp/model
+ && chmod -R a+rX /opt/neuroverse3d && rm -rf /tmp/model
 
 # A non-root user; the home is writable by any uid (docker run -u $(id -u)).
 RUN useradd --create-home --uid 1000 --shell /bin/bash neuroverse \

@@ -19,6 +19,8 @@ max abs difference and relative L2 error. Results go to ``<out>/inference_<tag>.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
@@ -108,6 +110,21 @@ def _peak_rss_bytes():
     return peak_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _rss_gb() -> float:
+    """Current RSS: weights and inputs in place, before inference (peak - this = working set).
+    Also resets the RSS high-water mark (Linux ``clear_refs`` 5), so the peak is that of the
+    inference alone, not of the set-up (model construction, auto precision's agreement check)."""
+    from neuroverse_bids.model.memory import process_rss_bytes
+
+    gc.collect()
+    try:  # give freed heap memory back first, so that it is not counted as "before"
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return round(process_rss_bytes() / 2 ** 30, 3)
+
+
 def run_case(case: dict) -> dict:
     """Run one case in this process; returns timings and memory, saves the output."""
     from neuroverse_bids.model import Neuroverse3D
@@ -125,6 +142,7 @@ def run_case(case: dict) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         args = (target[None, None].to(device), images[None, :, None].to(device),
                 labels[None, :, None].to(device))
+        result["rss_before_gb"] = _rss_gb()
         with torch.inference_mode():
             if cuda:
                 torch.cuda.synchronize(device)
@@ -140,6 +158,7 @@ def run_case(case: dict) -> dict:
                               mini_context_size=case["mini_context"], memory_gb=case.get("mem_gb"))
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
+        result["rss_before_gb"] = _rss_gb()
         start = time.perf_counter()
         out = predictor.predict(target, images, labels)
         result["seconds"] = time.perf_counter() - start
@@ -201,9 +220,9 @@ def _cases(args, tmp):
 def _agreement(cases):
     for case in cases:
         refs = [c for c in cases if c["contexts"] == case["contexts"] and "seconds" in c]
-        ref = next((c for c in refs if c["mode"] == "fast" and c["precision"] == "float32"
-                    and c["mini_context_used"] == 1), None) or next(
-            (c for c in refs if c["mode"] == "baseline"), None)
+        fast32 = [c for c in refs if c["mode"] == "fast" and c["precision"] == "float32"]
+        ref = next((c for c in fast32 if c["mini_context_used"] == 1), None) or next(
+            iter(fast32), None) or next((c for c in refs if c["mode"] == "baseline"), None)
         if ref is None or "seconds" not in case:
             continue
         a, b = np.load(case["output"]), np.load(ref["output"])
@@ -216,22 +235,24 @@ def _agreement(cases):
 
 
 def table(cases) -> str:
-    head = ("| L | mode | precision | m | time (s) | speed-up | peak RSS (GB) | est. (GB) | "
-            "max abs diff | rel L2 |")
-    lines = [head, "|" + " --- |" * 10]
+    head = ("| L | mode | precision | m | time (s) | speed-up | peak RSS (GB) | "
+            "peak - before (GB) | est. (GB) | max abs diff | rel L2 |")
+    lines = [head, "|" + " --- |" * 11]
     for c in cases:
         if "seconds" not in c:
             lines.append(f"| {c['contexts']} | {c['mode']} | {c['precision']} | "
-                         f"{c['mini_context']} | failed: {c.get('error', '?')[:60]} |||||")
+                         f"{c['mini_context']} | failed: {c.get('error', '?')[:60]} ||||||")
             continue
         mem = c.get("peak_cuda_gb", c["peak_rss_gb"])
+        working = "" if "peak_cuda_gb" in c or "rss_before_gb" not in c else round(
+            c["peak_rss_gb"] - c["rss_before_gb"], 3)
         precision = c["precision"]
         if c.get("precision_requested", precision) != precision:
             precision = f"{c['precision_requested']} ({precision})"
         lines.append(
             f"| {c['contexts']} | {c['mode']} | {precision} | {c['mini_context_used']} | "
             f"{c['seconds']:.2f} | {c.get('speedup_vs_baseline', '')} | {mem} | "
-            f"{c.get('estimated_peak_gb', '')} | {c.get('max_abs_diff', float('nan')):.2e} | "
+            f"{working} | {c.get('estimated_peak_gb', '')} | {c.get('max_abs_diff', float('nan')):.2e} | "
             f"{c.get('rel_l2', float('nan')):.2e} |")
     return "\n".join(lines)
 
