@@ -162,6 +162,16 @@ def test_json_summary_matches_table_and_png(result):
     import matplotlib.image
 
     assert matplotlib.image.imread(str(out / "eval.png")).ndim == 3
+    # eval.md: one row per (dataset, task, structure), the model's mean then the baseline's
+    table = (out / "eval.md").read_text().splitlines()
+    assert table[0].startswith("| dataset | task | structure | metric | L=1 | L=2 |")
+    keys = {(s["dataset"], s["task"], s["structure"]) for s in info["results"]}
+    assert len([line for line in table if line.startswith(f"| {DATASET} ")]) == len(keys)
+    for (task, structure, size, method), item in summary.items():
+        if size == 1 and method == "model":
+            row = next(line for line in table if line.startswith(f"| {DATASET} | {task} | "
+                                                                 f"{structure} |"))
+            assert row.split(" | ")[4].startswith(f"{item['mean']:.3g} ± {item['std']:.2g}")
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
 
 
