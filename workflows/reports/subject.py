@@ -184,9 +184,9 @@ def methods_text(meta: dict, n_context: int, task: str) -> str:
         "grid, and its intensities were clipped to the 0.5-99.5 percentiles and scaled to "
         f"[0, 1]. The context set had {n_context} pairs from other participants, registered "
         "and resampled in the same way; the target's own data were never in its context. "
-        f"Context features were averaged over mini-contexts of "
-        f"{esc(meta.get('MiniContextSize', 'n/a'))} pairs (adaptive parallel-sequential "
-        f"processing), in {esc(meta.get('Precision', 'n/a'))} precision, with model "
+        f"Context features were computed in mini-contexts of "
+        f"{esc(meta.get('MiniContextSize', 'n/a'))} (structure, context) pairs at a time and "
+        f"averaged across them (adaptive parallel-sequential processing), in {esc(meta.get('Precision', 'n/a'))} precision, with model "
         f"{esc(model.get('Name', 'n/a'))} (SHA256 {esc(str(model.get('SHA256', 'n/a'))[:16])}...). "
         "Predictions were mapped back to the native grid through the inverse transform "
         "(linear interpolation) and segmentations thresholded at 0.5.</p>"
@@ -282,7 +282,8 @@ def build_subject_report(output_dir, subject: str, work_dir=None,
         about = table(None, [
             ("model", model.get("Name", "n/a")), ("SHA256", model.get("SHA256", "n/a")),
             ("precision", meta.get("Precision", "n/a")),
-            ("mini-context size", meta.get("MiniContextSize", "n/a")),
+            ("mini-context size ((structure, context) pairs at a time)",
+             meta.get("MiniContextSize", "n/a")),
             ("template", meta.get("Template", "n/a")),
             ("software", meta.get("Software", "n/a"))])
         about += table(["image", "outputs", "device", "model load (s)", "inference (s)"],
