@@ -9,7 +9,7 @@ import torch
 
 from neuroverse_bids.model import Neuroverse3D, load_checkpoint
 from neuroverse_bids.model import memory
-from neuroverse_bids.model.predictor import Predictor, resolve_precision
+from neuroverse_bids.model.predictor import CPU_AUTO_MAX, Predictor, resolve_precision
 
 
 def _volumes(shape, pairs, structures=None, seed=0):
@@ -35,7 +35,7 @@ def test_float32_fast_path_matches_the_released_reference(official_small_ckpt, o
                             official_io["context_out"][0, :, 0])
     assert out.dtype == torch.float32 and out.shape == (32, 32, 32)
     assert (out - official_io["output_l5"][0, 0]).abs().max().item() <= 1e-5
-    assert predictor.last_mini_context_size == (5 if m in ("auto", None) else m)
+    assert predictor.last_mini_context_size == (CPU_AUTO_MAX if m == "auto" else m)
 
 
 @pytest.mark.parametrize("m", [1, 3, 4, None])
@@ -129,7 +129,7 @@ def test_auto_mini_context_size_is_the_largest_that_fits():
     assert predictor.plan(shape, pairs, 1, "auto") == 3
     assert predictor.last_required_bytes <= predictor.budget_bytes
     predictor.memory_gb = 10_000
-    assert predictor.plan(shape, pairs, 1, "auto") == pairs
+    assert predictor.plan(shape, pairs, 1, "auto") == CPU_AUTO_MAX  # the CPU cap, not pairs
     assert predictor.plan(shape, pairs, 1, 5) == 5  # an explicit m that fits is honoured
 
 
