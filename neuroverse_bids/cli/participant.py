@@ -174,6 +174,7 @@ def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
         "hash_method": "content",
         "stop_on_first_crash": bool(args.stop_on_first_crash),
         "remove_unnecessary_outputs": False,
+        "poll_sleep_duration": 0.1,  # MultiProc's scheduling loop (default 2 s per round)
     })
     if args.omp_nthreads:
         os.environ["OMP_NUM_THREADS"] = str(args.omp_nthreads)

@@ -80,7 +80,9 @@ def plugin_settings(args) -> dict:
     nprocs = args.nprocs or os.cpu_count() or 1
     if nprocs == 1:
         return {"plugin": "Linear", "plugin_args": {}}
-    plugin_args = {"n_procs": nprocs, "raise_insufficient": False}
+    # forkserver, not fork: workers must not inherit the OpenMP thread pool that loading the
+    # model started in this process (torch in a forked child then deadlocks)
+    plugin_args = {"n_procs": nprocs, "raise_insufficient": False, "mp_context": "forkserver"}
     if args.mem_gb:
         plugin_args["memory_gb"] = args.mem_gb
     return {"plugin": "MultiProc", "plugin_args": plugin_args}
