@@ -110,7 +110,7 @@ def _peak_rss_bytes():
     return peak_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _rss_gb() -> float:
+def _start_measuring() -> float:
     """Current RSS: weights and inputs in place, before inference (peak - this = working set).
     Also resets the RSS high-water mark (Linux ``clear_refs`` 5), so the peak is that of the
     inference alone, not of the set-up (model construction, auto precision's agreement check)."""
@@ -142,7 +142,7 @@ def run_case(case: dict) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         args = (target[None, None].to(device), images[None, :, None].to(device),
                 labels[None, :, None].to(device))
-        result["rss_before_gb"] = _rss_gb()
+        result["rss_before_gb"] = _start_measuring()
         with torch.inference_mode():
             if cuda:
                 torch.cuda.synchronize(device)
@@ -158,7 +158,7 @@ def run_case(case: dict) -> dict:
                               mini_context_size=case["mini_context"], memory_gb=case.get("mem_gb"))
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        result["rss_before_gb"] = _rss_gb()
+        result["rss_before_gb"] = _start_measuring()
         start = time.perf_counter()
         out = predictor.predict(target, images, labels)
         result["seconds"] = time.perf_counter() - start

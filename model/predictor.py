@@ -12,8 +12,9 @@ Speed: weights are cast once to the chosen precision and kept in ``channels_last
 every activation; on the CPU the network uses fused oneDNN conv kernels (see
 ``network.fusable``). The target's share of the context fusion is computed once per target
 (``ContextUNet.target_terms``), not once per chunk, and the float32 feature sums are
-accumulated slab by slab so that widening bfloat16 features stays in cache. Memory: ``mini_context_size='auto'`` picks the largest m whose peak
-(traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits the budget.
+accumulated slab by slab so that widening bfloat16 features stays in cache. Memory:
+``mini_context_size='auto'`` picks the largest m (on the CPU at most ``CPU_AUTO_MAX``) whose
+peak (traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits the budget.
 """
 from __future__ import annotations
 
@@ -75,6 +76,10 @@ CPU_AUTO_MAX = 4
 AUTO_TOLERANCE = 1e-2
 
 
+#: measured :func:`reduced_precision_error` per (checkpoint sha256, dtype, device type, L)
+_AGREEMENT: dict = {}
+
+
 def reduced_precision_error(model: Neuroverse3D, dtype: torch.dtype, device: torch.device,
                             contexts: int = 2) -> float:
     """Relative L2 error of ``model`` in ``dtype`` vs float32 on a fixed synthetic problem.
@@ -83,8 +88,14 @@ def reduced_precision_error(model: Neuroverse3D, dtype: torch.dtype, device: tor
     pairs with thresholded labels; deterministic. Costs about two small forward passes (4 s for
     the released configuration on 2 CPU cores). The error is a property of the weights: e.g.
     1.9e-3 for the released configuration, 1.4e-2 for the 4..64-channel reference fixture.
+    A model loaded from a checkpoint (``metadata['sha256']``) is measured once per process.
     """
     import copy
+
+    sha256 = getattr(model, "metadata", {}).get("sha256")
+    key = (sha256, dtype, device.type, contexts)
+    if sha256 and key in _AGREEMENT:
+        return _AGREEMENT[key]
 
     side = max(32, 2 * model.divisor)
     generator = torch.Generator().manual_seed(0)
@@ -101,7 +112,10 @@ def reduced_precision_error(model: Neuroverse3D, dtype: torch.dtype, device: tor
                          mini_context_size=contexts).predict(target, images, labels)
                for precision in ("float32", str(dtype).replace("torch.", ""))]
     reference, low = outputs
-    return ((low - reference).norm() / reference.norm().clamp_min(1e-12)).item()
+    error = ((low - reference).norm() / reference.norm().clamp_min(1e-12)).item()
+    if sha256:
+        _AGREEMENT[key] = error
+    return error
 
 
 SLAB_BYTES = 2 ** 20  # elementwise work in slabs this big stays in the CPU caches
@@ -152,8 +166,8 @@ class Predictor:
     bfloat16 where the hardware runs it natively and the model's bfloat16 output agrees with
     float32 within ``AUTO_TOLERANCE``, else float32);
     mini_context_size: (structure, context) pairs per chunk, ``None`` = all at once,
-    ``'auto'`` = the largest that fits ``memory_gb`` (on the CPU at most ``CPU_AUTO_MAX``) (default: a safe fraction of free RAM
-    or GPU memory). After :meth:`predict`: ``last_mini_context_size``, ``timings`` (s),
+    ``'auto'`` = the largest that fits ``memory_gb`` (default: a safe fraction of free RAM
+    or GPU memory; on the CPU at most ``CPU_AUTO_MAX``). After :meth:`predict`: ``last_mini_context_size``, ``timings`` (s),
     ``last_required_bytes`` (estimated process peak) and ``budget_bytes``.
     """
 

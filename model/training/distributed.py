@@ -85,10 +85,11 @@ class APSPTrainingModule(nn.Module):
         self.net = net
 
     def forward(self, target_in: Tensor, context_in: Tensor, context_out: Tensor,
-                mini_context_size: int, chosen_chunk: int) -> Tensor:
-        """``[B,1,D,H,W]``, ``[B,L,1,D,H,W]`` x2 -> ``[B,1,D,H,W]``; see ``apsp_training_forward``."""
+                mini_context_size: int, generator: torch.Generator) -> Tensor:
+        """``[B,1,D,H,W]``, ``[B,L,1,D,H,W]`` x2 -> ``[B,1,D,H,W]``; the chunk that keeps its
+        graph is drawn from ``generator`` (see ``apsp_training_forward``)."""
         return apsp_training_forward(self.net, target_in, context_in, context_out,
-                                     mini_context_size, chosen_chunk=chosen_chunk)
+                                     mini_context_size, generator=generator)
 
 
 def wrap_for_training(net: nn.Module, context: DistContext) -> nn.Module:

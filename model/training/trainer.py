@@ -26,7 +26,6 @@ from typing import Dict, Optional
 
 import torch
 
-from ..apsp import chunk_bounds
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..network import Neuroverse3D
 from .augment import AugmentConfig
@@ -201,15 +200,12 @@ class Trainer:
             generator = generator_for(cfg.seed, step, group)
             episode = self.sampler.sample(generator, size)
             batch = self._to_device(rotations(episode.inputs, episode.outputs, cfg.targets_per_group))
-            # the chunk that keeps its graph (a small dataset may give fewer pairs than ``size``)
-            chunks = len(chunk_bounds(batch["context_in"].shape[1], mini))
-            chosen = int(torch.randint(chunks, (1,), generator=generator))
             # DDP: accumulate locally, all-reduce in the step's last backward only
             last = index == len(groups) - 1
             with (nullcontext() if last or not is_ddp(self.engine) else self.engine.no_sync()):
                 with self._autocast():
                     pred = self.engine(batch["target_in"], batch["context_in"],
-                                       batch["context_out"], mini, chosen)
+                                       batch["context_out"], mini, generator)
                 loss = task_loss(pred, batch["target_out"], episode.task, cfg.gradient_weight,
                                  cfg.loss_beta, cfg.task_weights) / cfg.batch_size
                 # DDP averages over ranks; the sum over ranks is the global-batch mean

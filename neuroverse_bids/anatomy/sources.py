@@ -29,7 +29,7 @@ import torch
 from scipy import ndimage
 
 from ..workflows.errors import MissingInputError
-from ..workflows.templates import DEMO_TEMPLATE, fill_templateflow_home
+from ..workflows.templates import DEMO_TEMPLATE, fill_templateflow_home, get_template
 
 MRICRON_DIRS = ("/usr/share/mricron/templates", "/usr/share/mricron")
 MRICRON_FILES = {"head": "ch2.nii.gz", "brain": "ch2bet.nii.gz", "aal": "aal.nii.gz"}
@@ -124,16 +124,15 @@ def classify(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 def load_mni152(work_dir) -> Source:
     """MNI152 2009a (nilearn) with CSF/GM/WM labels; the TemplateFlow copy goes to ``work_dir``."""
+    from ..demo import load_template_arrays
+
     home = fill_templateflow_home(Path(work_dir) / "templateflow")
+    arrays = load_template_arrays(home)
+    winner = np.stack([1.0 - arrays["gm"] - arrays["wm"], arrays["gm"], arrays["wm"]]).argmax(0)
+    tissue = np.where(arrays["mask"] > 0, winner + TISSUE["CSF"], 0).astype(np.int16)
     prefix = home / f"tpl-{DEMO_TEMPLATE}" / f"tpl-{DEMO_TEMPLATE}_res-1"
-    t1 = nb.load(f"{prefix}_T1w.nii.gz")
-    mask = np.asanyarray(nb.load(f"{prefix}_desc-brain_mask.nii.gz").dataobj) > 0
-    gm, wm = (np.asanyarray(nb.load(f"{prefix}_label-{c}_probseg.nii.gz").dataobj)
-              for c in ("GM", "WM"))
-    winner = np.stack([1.0 - gm - wm, gm, wm]).argmax(0)
-    tissue = np.where(mask, winner + TISSUE["CSF"], 0).astype(np.int16)
-    return Source("MNI152NLin2009aSym", np.asanyarray(t1.dataobj).astype(np.float32), tissue,
-                  np.zeros_like(tissue), t1.affine,
+    return Source("MNI152NLin2009aSym", arrays["t1w"], tissue, np.zeros_like(tissue),
+                  arrays["img"].affine,
                   [f"{prefix}_{s}.nii.gz" for s in ("T1w", "label-GM_probseg", "label-WM_probseg")])
 
 
@@ -162,7 +161,7 @@ def grid_reference(shape, voxel_size_mm: float, work_dir) -> nb.Nifti1Image:
     from ..workflows.geometry import model_grid
 
     home = fill_templateflow_home(Path(work_dir) / "templateflow")
-    mask = home / f"tpl-{DEMO_TEMPLATE}" / f"tpl-{DEMO_TEMPLATE}_res-1_desc-brain_mask.nii.gz"
+    mask = get_template(DEMO_TEMPLATE, home=home)["brain_mask"]
     return model_grid(nb.load(str(mask)), shape, voxel_size_mm)
 
 

@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--voxel-size", type=float, default=2.0,
                         help="native voxel size in mm (default 2.0)")
     parser.add_argument("--model", type=Path, help="checkpoint (default: the bundled model)")
-    parser.add_argument("--nprocs", type=int, default=os.cpu_count() or 1,
-                        help="processes for the workflow (default: all CPUs)")
+    parser.add_argument("--nprocs", type=int,
+                        help="processes for the workflow (default: the app's, all CPUs)")
     parser.add_argument("--sloppy", action="store_true", help="fast, coarse registration")
     return parser
 
@@ -49,7 +49,8 @@ def run(args) -> int:
     derivatives = out / "neuroverse3d"
     common = [str(data / "bids"), str(derivatives)]
     participant = [*common, "participant", "--context-spec", str(data / "context-spec.json"),
-                   "-w", str(out / "work"), "--nprocs", str(args.nprocs)]
+                   "-w", str(out / "work")]
+    participant += ["--nprocs", str(args.nprocs)] if args.nprocs else []
     participant += ["--model", str(args.model)] if args.model else []
     participant += ["--sloppy"] if args.sloppy else []
     for argv in (participant, [*common, "group"]):

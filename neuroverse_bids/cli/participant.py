@@ -120,7 +120,7 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     if "shape" not in grid or "voxel_size_mm" not in grid:
         raise NeuroverseError(f"{model_path}: the model has no input grid in its metadata; convert "
                               "it with neuroverse3d-convert (which records the grid)", exit_code=65)
-    template = args.template = resolve_template(args.template, model)
+    template = resolve_template(args.template, model)
     template_files = template_files_for(template)
     grid_reference = write_grid_reference(template_files, grid,
                                           work_dir / "grid" / f"tpl-{template}_grid.nii.gz")
@@ -133,7 +133,7 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
         generated_suffix = spec.output_suffix or spec.image_suffix
     static_meta = {
         "ContextSpec": spec.to_dict(),
-        "Template": args.template,
+        "Template": template,
         "Software": f"neuroverse3d {__version__}",
     }
     inference = {"device": args.device, "precision": args.precision,
@@ -143,7 +143,7 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     workflow = init_main_wf(
         targets=targets, pairs=[pairs[s] for s in pool], subsets=subsets, subset_of=subset_of,
         template_file=str(template_files["t1w"]), grid_reference=str(grid_reference),
-        template=args.template, model=str(model_path), output_names=output_names, task=spec.task,
+        template=template, model=str(model_path), output_names=output_names, task=spec.task,
         degradation=spec.degradation or "", output_dir=str(output_dir),
         source_suffix=spec.image_suffix, generated_suffix=generated_suffix,
         static_meta=static_meta, inference=inference, sloppy=args.sloppy, seed=spec.seed)
