@@ -13,8 +13,11 @@ the interpreter, weights and inputs; CUDA: memory allocated by torch on the devi
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import weakref
+from contextlib import contextmanager
 from typing import Callable, Optional
 
 import torch
@@ -23,9 +26,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 GB = 1024 ** 3
-# Process RSS grows by 1.5-2.1x the traced tensor peak (measured: hidden kernel scratch such as
-# oneDNN buffers, malloc keeping freed blocks): the traced peak is doubled.
-SAFETY = 2.0
+# Process RSS grows by up to 2.9x the traced tensor peak (measured at 128^3: hidden kernel
+# scratch such as oneDNN buffers, and heap fragmentation while :func:`reuse_freed_memory`
+# keeps freed blocks, worst with several pairs per chunk): the traced peak is tripled.
+SAFETY = 3.0
 SLACK_BYTES = 256 * 1024 ** 2  # allocator fragmentation, oneDNN scratch, Python objects
 DEFAULT_FRACTION = 0.8  # of the memory available when no budget is given
 
@@ -187,3 +191,51 @@ def largest_fitting(peak_for: Callable[[int], int], upper: int, room: int) -> in
 
 def describe(nbytes: int) -> str:
     return f"{nbytes / GB:.2f} GB"
+
+
+# ----------------------------------------------------------------------- heap reuse (glibc)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4          # mallopt parameters (malloc.h)
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+_REUSE_DEPTH = [0]
+
+
+def _glibc():
+    """glibc's ``mallopt``/``malloc_trim`` (None elsewhere: macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+@contextmanager
+def reuse_freed_memory(enabled: bool = True):
+    """Inside this block glibc keeps freed memory in the heap for the next allocation.
+
+    Activations of a 3D network at 128^3 are tens to hundreds of MB each, above glibc's mmap
+    threshold (at most 32 MB): by default every one is mapped fresh, its pages are faulted in
+    and zeroed by the kernel on first touch, and it is unmapped when freed: about 2 GB of page
+    faults per context pair, 30-40% of the CPU time in bfloat16. Here mmap is off and the heap
+    is not trimmed, so freed blocks are reused. On leaving, glibc's defaults are restored and
+    the free memory is returned to the system (``malloc_trim``). Nested use is fine; a no-op
+    without glibc or when ``enabled`` is false.
+    """
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield
+        return
+    if not _REUSE_DEPTH[0]:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
+    _REUSE_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _REUSE_DEPTH[0] -= 1
+        if not _REUSE_DEPTH[0]:
+            for parameter, value in _GLIBC_DEFAULTS.items():
+                libc.mallopt(parameter, value)
+            libc.malloc_trim(0)

@@ -71,7 +71,7 @@ def native_bfloat16(device: torch.device) -> bool:
 
 
 #: ``auto`` mini-context size on the CPU: at most this many pairs at a time
-CPU_AUTO_MAX = 4
+CPU_AUTO_MAX = 2
 #: ``auto`` precision keeps a reduced precision only below this relative L2 error vs float32
 AUTO_TOLERANCE = 1e-2
 
@@ -211,7 +211,12 @@ class Predictor:
         bottleneck, skips = model.encode_target(
             target[None, None].to(device, dtype).contiguous(memory_format=CL))
         terms = model.context_unet.target_terms(skips)  # once per target, not per chunk
-        sums = [None] * structures  # per structure: per-level float32 sums [1, C_k, ...]
+        # per structure: per-level float32 sums [1, C_k, ...], allocated before the first chunk
+        # so that every chunk, the first included, runs with the same memory (flat in L)
+        like = [bottleneck] + skips[::-1]  # h_0 (bottleneck) .. h_{S-1} (full resolution)
+        sums = [[torch.zeros_like(t, dtype=torch.float32, memory_format=CL) for t in like]
+                for _ in range(structures)]
+        del like
         _sync(device)
         encoded = time.perf_counter()
         for start in range(0, structures * pairs, chunk):
@@ -224,11 +229,8 @@ class Predictor:
             del pair
             for j, k in enumerate(ks):
                 part = [f[:, j] for f in features]
-                if sums[k] is None:
-                    sums[k] = [p.to(torch.float32, copy=True) for p in part]
-                else:
-                    for total, p in zip(sums[k], part):
-                        accumulate_(total, p)
+                for total, p in zip(sums[k], part):
+                    accumulate_(total, p)
             del features, part
         del terms
         _sync(device)
@@ -290,8 +292,8 @@ class Predictor:
         room = int((self.budget_bytes - in_use - memory.SLACK_BYTES) / memory.SAFETY)
         where = f"{'GPU' if self.device.type == 'cuda' else 'RAM'} budget"
         if requested == "auto":
-            # on the CPU, chunks beyond a few pairs only cost memory (measured at 128^3,
-            # bfloat16, L=16: m=4 42 s, m=16 50 s): cap the search there
+            # on the CPU, chunks beyond 2 pairs only cost memory (128^3, bfloat16, L=8:
+            # m=1 16.3 s and 2.8 GB, m=4 20.9 s and 7.0 GB): cap the search there
             cap = total if self.device.type == "cuda" else min(total, CPU_AUTO_MAX)
             chunk = memory.largest_fitting(
                 lambda m: self.peak_bytes(shape, pairs, structures, m), cap, room)
@@ -332,10 +334,11 @@ class Predictor:
                      self.model.divisor)
         structures, pairs = labels.shape[:2]
         start = time.perf_counter()
-        chunk = self.plan(tuple(target.shape), pairs, structures, mini_context_size)
-        self.last_mini_context_size = chunk
-        timings = {"plan_s": time.perf_counter() - start}
-        out = self._run(self.model, target, images, labels, chunk, timings)
+        with memory.reuse_freed_memory(self.device.type == "cpu"):
+            chunk = self.plan(tuple(target.shape), pairs, structures, mini_context_size)
+            self.last_mini_context_size = chunk
+            timings = {"plan_s": time.perf_counter() - start}
+            out = self._run(self.model, target, images, labels, chunk, timings)
         out = out.float().cpu()
         timings["total_s"] = time.perf_counter() - start
         self.timings = timings

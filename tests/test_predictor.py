@@ -116,8 +116,11 @@ def test_precision_and_device_choices():
         Predictor(_tiny(), device="cpu", mini_context_size=0)
 
 
-def test_auto_mini_context_size_is_the_largest_that_fits():
+def test_auto_mini_context_size_is_the_largest_that_fits(monkeypatch):
     """Plan for a large grid (only traced at a tiny one): budget between the needs of m=3, 4."""
+    from neuroverse_bids.model import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "CPU_AUTO_MAX", 6)  # the search, not the CPU cap
     predictor = Predictor(_tiny(), device="cpu", precision="float32")
     shape, pairs = (384, 384, 384), 8
     peaks = [predictor.peak_bytes(shape, pairs, 1, m) for m in range(1, pairs + 1)]
@@ -129,7 +132,9 @@ def test_auto_mini_context_size_is_the_largest_that_fits():
     assert predictor.plan(shape, pairs, 1, "auto") == 3
     assert predictor.last_required_bytes <= predictor.budget_bytes
     predictor.memory_gb = 10_000
-    assert predictor.plan(shape, pairs, 1, "auto") == CPU_AUTO_MAX  # the CPU cap, not pairs
+    assert predictor.plan(shape, pairs, 1, "auto") == 6  # the CPU cap, not pairs
+    monkeypatch.undo()
+    assert predictor.plan(shape, pairs, 1, "auto") == CPU_AUTO_MAX
     assert predictor.plan(shape, pairs, 1, 5) == 5  # an explicit m that fits is honoured
 
 
@@ -216,3 +221,26 @@ def test_autocast_bfloat16_forward_of_a_float32_model_uses_plain_ops():
     assert fused.dtype == plain.dtype and fused.shape == (1, 1, 16, 16, 16)
     error = ((fused.float() - plain.float()).norm() / plain.float().norm()).item()
     assert error <= 1e-2, error
+
+
+@pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
+def test_freed_memory_is_reused_inside_the_block_and_returned_after():
+    """Big blocks come back from the heap without page faults inside the block; outside it,
+    glibc maps every one afresh (tens of thousands of faults for 256 MB)."""
+    import resource
+
+    def faults_of_second_allocation() -> int:
+        torch.ones(2 ** 26).sum()  # 256 MB, touched, freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(2 ** 26).sum()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    with memory.reuse_freed_memory():
+        with memory.reuse_freed_memory():  # nested: leaving the inner block changes nothing
+            pass
+        inside = faults_of_second_allocation()
+        rss_holding = memory.process_rss_bytes()  # the freed 256 MB stay in the heap
+    rss_after = memory.process_rss_bytes()
+    outside = faults_of_second_allocation()
+    assert inside < 1000 < 2 ** 28 // 4096 // 2 < outside
+    assert rss_holding - rss_after > 2 ** 27  # and go back to the system on leaving
