@@ -12,7 +12,12 @@ Speed: weights are cast once to the chosen precision and kept in ``channels_last
 every activation; on the CPU the network uses fused oneDNN conv kernels (see
 ``network.fusable``). The target's share of the context fusion is computed once per target
 (``ContextUNet.target_terms``), not once per chunk, and the float32 feature sums are
-accumulated slab by slab so that widening bfloat16 features stays in cache. Memory:
+accumulated slab by slab so that widening bfloat16 features stays in cache. On the CPU, freed
+activations are reused from the heap during :meth:`Predictor.predict` with one pair per chunk,
+instead of being unmapped and faulted in again (:func:`.memory.reuse_freed_memory`; half of the
+bfloat16 time at 128^3).
+The float32 sums are allocated before the first chunk, so every chunk runs with the same memory
+whatever L. Memory:
 ``mini_context_size='auto'`` picks the largest m (on the CPU at most ``CPU_AUTO_MAX``) whose
 peak (traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits the budget.
 """
@@ -71,7 +76,7 @@ def native_bfloat16(device: torch.device) -> bool:
 
 
 #: ``auto`` mini-context size on the CPU: at most this many pairs at a time
-CPU_AUTO_MAX = 2
+CPU_AUTO_MAX = 1
 #: ``auto`` precision keeps a reduced precision only below this relative L2 error vs float32
 AUTO_TOLERANCE = 1e-2
 
@@ -292,8 +297,8 @@ class Predictor:
         room = int((self.budget_bytes - in_use - memory.SLACK_BYTES) / memory.SAFETY)
         where = f"{'GPU' if self.device.type == 'cuda' else 'RAM'} budget"
         if requested == "auto":
-            # on the CPU, chunks beyond 2 pairs only cost memory (128^3, bfloat16, L=8:
-            # m=1 16.3 s and 2.8 GB, m=4 20.9 s and 7.0 GB): cap the search there
+            # on the CPU one pair at a time is both the fastest and the smallest (128^3,
+            # bfloat16, L=8: m=1 12.8 s and 2.8 GB, m=2 19.3 s and 4.7 GB, m=4 25.8 s)
             cap = total if self.device.type == "cuda" else min(total, CPU_AUTO_MAX)
             chunk = memory.largest_fitting(
                 lambda m: self.peak_bytes(shape, pairs, structures, m), cap, room)
@@ -334,10 +339,12 @@ class Predictor:
                      self.model.divisor)
         structures, pairs = labels.shape[:2]
         start = time.perf_counter()
-        with memory.reuse_freed_memory(self.device.type == "cpu"):
-            chunk = self.plan(tuple(target.shape), pairs, structures, mini_context_size)
-            self.last_mini_context_size = chunk
-            timings = {"plan_s": time.perf_counter() - start}
+        chunk = self.plan(tuple(target.shape), pairs, structures, mini_context_size)
+        self.last_mini_context_size = chunk
+        timings = {"plan_s": time.perf_counter() - start}
+        # one pair per chunk allocates the same blocks chunk after chunk: the heap reuses
+        # them exactly (larger chunks fragment it: more memory, no gain, so glibc's defaults)
+        with memory.reuse_freed_memory(self.device.type == "cpu" and chunk == 1):
             out = self._run(self.model, target, images, labels, chunk, timings)
         out = out.float().cpu()
         timings["total_s"] = time.perf_counter() - start
