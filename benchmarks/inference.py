@@ -237,8 +237,14 @@ def _agreement(cases):
             case["speedup_vs_baseline"] = round(base["seconds"] / case["seconds"], 2)
 
 
+def _time_cell(case) -> str:
+    times = case.get("seconds_all", [])
+    spread = f" ({min(times):.1f}-{max(times):.1f})" if len(times) > 1 else ""
+    return f"{case['seconds']:.2f}{spread}"
+
+
 def table(cases) -> str:
-    head = ("| L | mode | precision | m | time (s) | speed-up | peak RSS (GB) | "
+    head = ("| L | mode | precision | m | time (s), median (range) | speed-up | peak RSS (GB) | "
             "peak - before (GB) | est. (GB) | page faults | max abs diff | rel L2 |")
     lines = [head, "|" + " --- |" * 12]
     for c in cases:
@@ -254,7 +260,7 @@ def table(cases) -> str:
             precision = f"{c['precision_requested']} ({precision})"
         lines.append(
             f"| {c['contexts']} | {c['mode']} | {precision} | {c['mini_context_used']} | "
-            f"{c['seconds']:.2f} | {c.get('speedup_vs_baseline', '')} | {mem} | "
+            f"{_time_cell(c)} | {c.get('speedup_vs_baseline', '')} | {mem} | "
             f"{working} | {c.get('estimated_peak_gb', '')} | {c.get('page_faults', '')} | "
             f"{c.get('max_abs_diff', float('nan')):.2e} | "
             f"{c.get('rel_l2', float('nan')):.2e} |")
@@ -276,6 +282,8 @@ def main(argv=None):
                         help="m values for float32 (default: --mini-context)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mem", type=float, default=None, help="budget for auto m, GB")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per case (fresh processes); the median time is reported")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case
@@ -290,12 +298,18 @@ def main(argv=None):
             # the app's process setting (neuroverse_bids/__init__.py) for the fast path; the
             # released code ran with torch's default (no huge pages)
             env = dict(os.environ, THP_MEM_ALLOC_ENABLE="0" if case["mode"] == "baseline" else "1")
-            proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
-                                  capture_output=True, text=True, env=env)
-            if proc.returncode:
-                case["error"] = proc.stderr.strip().splitlines()[-1] if proc.stderr else "?"
-            else:
-                case.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+            runs = []
+            for _ in range(args.repeat):
+                proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
+                                      capture_output=True, text=True, env=env)
+                if proc.returncode:
+                    case["error"] = proc.stderr.strip().splitlines()[-1] if proc.stderr else "?"
+                    break
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            if runs and "error" not in case:  # the run with the median time; every time kept
+                runs.sort(key=lambda run: run["seconds"])
+                case.update(runs[(len(runs) - 1) // 2], seconds_all=[r["seconds"] for r in runs],
+                            peak_rss_gb_max=max(r["peak_rss_gb"] for r in runs))
             print(json.dumps({k: v for k, v in case.items() if k != "output"}), flush=True)
         _agreement(cases)
         for case in cases:
