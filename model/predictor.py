@@ -14,9 +14,8 @@ every activation; on the CPU the network uses fused oneDNN conv kernels (see
 (``ContextUNet.target_terms``), not once per chunk, and the float32 feature sums are
 accumulated slab by slab so that widening bfloat16 features stays in cache. On the CPU, freed
 activations are reused from the heap during :meth:`Predictor.predict` with one pair per chunk,
-instead of being unmapped and faulted in again (:func:`.memory.reuse_freed_memory`; half of the
-bfloat16 time at 128^3).
-The float32 sums are allocated before the first chunk, so every chunk runs with the same memory
+instead of being unmapped and faulted in again (:func:`.memory.reuse_freed_memory`; 22 thousand
+page faults for 8 contexts at 128^3, 32 million on the released code's path). The float32 sums are allocated before the first chunk, so every chunk runs with the same memory
 whatever L. Memory:
 ``mini_context_size='auto'`` picks the largest m (on the CPU at most ``CPU_AUTO_MAX``) whose
 peak (traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits the budget.
@@ -297,8 +296,8 @@ class Predictor:
         room = int((self.budget_bytes - in_use - memory.SLACK_BYTES) / memory.SAFETY)
         where = f"{'GPU' if self.device.type == 'cuda' else 'RAM'} budget"
         if requested == "auto":
-            # on the CPU one pair at a time is both the fastest and the smallest (128^3,
-            # bfloat16, L=8: m=1 12.8 s and 2.8 GB, m=2 19.3 s and 4.7 GB, m=4 25.8 s)
+            # on the CPU larger chunks buy nothing (128^3, bfloat16, L=16: m=1 35-40 s and
+            # 3.0-3.1 GB, m=2 47 s, m=4 43 s and 4.4 GB): one pair at a time
             cap = total if self.device.type == "cuda" else min(total, CPU_AUTO_MAX)
             chunk = memory.largest_fitting(
                 lambda m: self.peak_bytes(shape, pairs, structures, m), cap, room)
