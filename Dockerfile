@@ -18,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TEMPLATEFLOW_AUTOUPDATE=0 \
     MPLCONFIGDIR=/tmp/matplotlib \
     NO_ET=1 \
+    THP_MEM_ALLOC_ENABLE=1 \
     HOME=/home/neuroverse
 
 RUN apt-get update \
