@@ -19,7 +19,6 @@ max abs difference and relative L2 error. Results go to ``<out>/inference_<tag>.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -110,19 +109,21 @@ def _peak_rss_bytes():
     return peak_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _start_measuring() -> float:
-    """Current RSS: weights and inputs in place, before inference (peak - this = working set).
-    Also resets the RSS high-water mark (Linux ``clear_refs`` 5), so the peak is that of the
-    inference alone, not of the set-up (model construction, auto precision's agreement check)."""
-    from neuroverse_bids.model.memory import process_rss_bytes
+def _start_measuring():
+    """(RSS in GB, minor page faults so far): weights and inputs in place, before inference
+    (peak - this RSS = working set). Also resets the RSS high-water mark (Linux ``clear_refs``
+    5), so the peak is that of the inference alone, not of the set-up (model construction,
+    auto precision's agreement check)."""
+    from neuroverse_bids.model.memory import process_rss_bytes, trim_heap
 
     gc.collect()
-    try:  # give freed heap memory back first, so that it is not counted as "before"
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()  # give freed heap memory back first, so that it is not counted as "before"
+    try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-    return round(process_rss_bytes() / 2 ** 30, 3)
+    rss_gb = round(process_rss_bytes() / 2 ** 30, 3)
+    return rss_gb, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def run_case(case: dict) -> dict:
@@ -142,8 +143,7 @@ def run_case(case: dict) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         args = (target[None, None].to(device), images[None, :, None].to(device),
                 labels[None, :, None].to(device))
-        result["rss_before_gb"] = _start_measuring()
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        result["rss_before_gb"], faults = _start_measuring()
         with torch.inference_mode():
             if cuda:
                 torch.cuda.synchronize(device)
@@ -159,8 +159,7 @@ def run_case(case: dict) -> dict:
                               mini_context_size=case["mini_context"], memory_gb=case.get("mem_gb"))
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        result["rss_before_gb"] = _start_measuring()
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        result["rss_before_gb"], faults = _start_measuring()
         start = time.perf_counter()
         out = predictor.predict(target, images, labels)
         result["seconds"] = time.perf_counter() - start

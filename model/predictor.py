@@ -15,10 +15,10 @@ every activation; on the CPU the network uses fused oneDNN conv kernels (see
 accumulated slab by slab so that widening bfloat16 features stays in cache. On the CPU, freed
 activations are reused from the heap during :meth:`Predictor.predict` with one pair per chunk,
 instead of being unmapped and faulted in again (:func:`.memory.reuse_freed_memory`; 22 thousand
-page faults for 8 contexts at 128^3, 32 million on the released code's path). The float32 sums are allocated before the first chunk, so every chunk runs with the same memory
-whatever L. Memory:
-``mini_context_size='auto'`` picks the largest m (on the CPU at most ``CPU_AUTO_MAX``) whose
-peak (traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits the budget.
+page faults for 8 contexts at 128^3, 32 million on the released code's path). The float32 sums
+are allocated before the first chunk, so every chunk runs with the same memory whatever L.
+Memory: ``mini_context_size='auto'`` picks the largest m (on the CPU at most ``CPU_AUTO_MAX``)
+whose peak (traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits the budget.
 """
 from __future__ import annotations
 
@@ -171,8 +171,9 @@ class Predictor:
     float32 within ``AUTO_TOLERANCE``, else float32);
     mini_context_size: (structure, context) pairs per chunk, ``None`` = all at once,
     ``'auto'`` = the largest that fits ``memory_gb`` (default: a safe fraction of free RAM
-    or GPU memory; on the CPU at most ``CPU_AUTO_MAX``). After :meth:`predict`: ``last_mini_context_size``, ``timings`` (s),
-    ``last_required_bytes`` (estimated process peak) and ``budget_bytes``.
+    or GPU memory; on the CPU at most ``CPU_AUTO_MAX``). After :meth:`predict`:
+    ``last_mini_context_size``, ``timings`` (s), ``last_required_bytes`` (estimated process
+    peak) and ``budget_bytes``.
     """
 
     def __init__(self, model: Neuroverse3D, device: str = "auto", precision: str = "float32",
@@ -217,10 +218,9 @@ class Predictor:
         terms = model.context_unet.target_terms(skips)  # once per target, not per chunk
         # per structure: per-level float32 sums [1, C_k, ...], allocated before the first chunk
         # so that every chunk, the first included, runs with the same memory (flat in L)
-        like = [bottleneck] + skips[::-1]  # h_0 (bottleneck) .. h_{S-1} (full resolution)
-        sums = [[torch.zeros_like(t, dtype=torch.float32, memory_format=CL) for t in like]
-                for _ in range(structures)]
-        del like
+        # (levels as the context features: h_0 like the bottleneck .. h_{S-1} like skip 0)
+        sums = [[torch.zeros_like(t, dtype=torch.float32, memory_format=CL)
+                 for t in [bottleneck, *skips[::-1]]] for _ in range(structures)]
         _sync(device)
         encoded = time.perf_counter()
         for start in range(0, structures * pairs, chunk):
