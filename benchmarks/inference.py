@@ -6,8 +6,9 @@ its own. Modes:
 * ``baseline`` - the released code's path: float32, default memory layout, concatenations
   and the target broadcast over pairs, per-chunk means (reproduced below with the same
   weights, module by module);
-* ``fast`` - :class:`neuroverse_bids.model.predictor.Predictor` with a precision and a
-  mini-context size m (1, 4, ... or ``auto``).
+* ``fast`` - :class:`neuroverse_bids.model.predictor.Predictor` with a precision, a
+  mini-context size m (1, 4, ... or ``auto``), a CPU heap policy (``--heap``) and the contexts
+  given as tensors or read pair by pair (``--inputs stacked|streamed``).
 
 Agreement is measured against the ``fast`` float32 m=1 case of the same L (else the baseline):
 max abs difference and relative L2 error. Results go to ``<out>/inference_<tag>.json`` and
@@ -94,13 +95,32 @@ def released_forward(model, target_in, context_in, context_out, mini_context_siz
 
 
 # ---------------------------------------------------------------------------- one case
-def _inputs(grid, pairs, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    shape = (grid,) * 3
-    target = torch.rand(shape, generator=gen)
-    images = torch.rand((pairs, *shape), generator=gen)
-    labels = (torch.rand((pairs, *shape), generator=gen) > 0.5).float()
-    return target, images, labels
+def _volume(grid: int, seed: int, label: bool = False) -> torch.Tensor:
+    volume = torch.rand((grid,) * 3, generator=torch.Generator().manual_seed(seed))
+    return (volume > 0.5).float() if label else volume
+
+
+class _GeneratedVolumes:
+    """Context volumes made when read (as a loader reading files would): the streamed input."""
+
+    def __init__(self, grid: int, seeds, label: bool):
+        self.grid, self.seeds, self.label = grid, list(seeds), label
+
+    def __len__(self):
+        return len(self.seeds)
+
+    def __getitem__(self, index):
+        return _volume(self.grid, self.seeds[index], self.label)
+
+
+def _inputs(grid, pairs, streamed=False):
+    """Target, L images, L binary labels (each volume from its own seed: stacked and streamed
+    inputs hold the same values). Streamed: sequences read pair by pair by the predictor."""
+    images = _GeneratedVolumes(grid, range(1, pairs + 1), False)
+    labels = _GeneratedVolumes(grid, range(1001, 1001 + pairs), True)
+    if not streamed:
+        images, labels = torch.stack(list(images)), torch.stack(list(labels))
+    return _volume(grid, 0), images, labels
 
 
 def _peak_rss_bytes():
@@ -133,7 +153,8 @@ def run_case(case: dict) -> dict:
 
     torch.manual_seed(0)
     model = Neuroverse3D()
-    target, images, labels = _inputs(case["grid"], case["contexts"])
+    target, images, labels = _inputs(case["grid"], case["contexts"],
+                                     case.get("inputs") == "streamed")
     device = resolve_device(case["device"])
     cuda = device.type == "cuda"
     result = {}
@@ -156,7 +177,8 @@ def run_case(case: dict) -> dict:
         result.update(precision="float32", mini_context_used=case["mini_context"])
     else:
         predictor = Predictor(model, device=case["device"], precision=case["precision"],
-                              mini_context_size=case["mini_context"], memory_gb=case.get("mem_gb"))
+                              mini_context_size=case["mini_context"], memory_gb=case.get("mem_gb"),
+                              cpu_heap=case.get("heap", "fresh"))
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         result["rss_before_gb"], faults = _start_measuring()
@@ -211,9 +233,12 @@ def _cases(args, tmp):
                          and args.mini_context_float32 else args.mini_context)
                 for m in sizes:
                     m = 1 if pairs == 1 else m if m == "auto" else min(int(m), pairs)
-                    case = dict(base, mode="fast", precision=precision, mini_context=m)
-                    if case not in cases:
-                        cases.append(case)
+                    for heap in args.heap:
+                        for inputs in args.inputs:
+                            case = dict(base, mode="fast", precision=precision, mini_context=m,
+                                        heap=heap, inputs=inputs)
+                            if case not in cases:
+                                cases.append(case)
     for index, case in enumerate(cases):
         case["output"] = str(Path(tmp) / f"case{index}.npy")
     return cases
@@ -257,8 +282,9 @@ def table(cases) -> str:
         precision = c["precision"]
         if c.get("precision_requested", precision) != precision:
             precision = f"{c['precision_requested']} ({precision})"
+        mode = c["mode"] if c["mode"] == "baseline" else f"fast ({c['heap']}, {c['inputs']})"
         lines.append(
-            f"| {c['contexts']} | {c['mode']} | {precision} | {c['mini_context_used']} | "
+            f"| {c['contexts']} | {mode} | {precision} | {c['mini_context_used']} | "
             f"{_time_cell(c)} | {c.get('speedup_vs_baseline', '')} | {mem} | "
             f"{working} | {c.get('estimated_peak_gb', '')} | {c.get('page_faults', '')} | "
             f"{c.get('max_abs_diff', float('nan')):.2e} | "
@@ -279,6 +305,11 @@ def main(argv=None):
                         help="run the baseline only for these L (default: all of --contexts)")
     parser.add_argument("--mini-context-float32", nargs="+", default=None,
                         help="m values for float32 (default: --mini-context)")
+    parser.add_argument("--heap", nargs="+", default=["fresh"], choices=("fresh", "reuse"),
+                        help="CPU heap policies of the fast path (Predictor cpu_heap)")
+    parser.add_argument("--inputs", nargs="+", default=["stacked"],
+                        choices=("stacked", "streamed"),
+                        help="fast path's contexts: tensors in memory, or read pair by pair")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mem", type=float, default=None, help="budget for auto m, GB")
     parser.add_argument("--repeat", type=int, default=1,

@@ -194,10 +194,15 @@ def describe(nbytes: int) -> str:
     return f"{nbytes / GB:.2f} GB"
 
 
-# ----------------------------------------------------------------------- heap reuse (glibc)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4          # mallopt parameters (malloc.h)
+# ------------------------------------------------------------------ CPU heap policy (glibc)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
+#: glibc's defaults, restored after a ``reuse`` block
 _GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
-_REUSE_DEPTH = [0]
+#: after a ``fresh`` block: the most glibc's own (dynamic) threshold reaches, and its trim pair
+_AFTER_FRESH = {_M_MMAP_THRESHOLD: 32 * 1024 ** 2, _M_TRIM_THRESHOLD: 64 * 1024 ** 2}
+FRESH_THRESHOLD = 2 * 1024 ** 2  # blocks of 2 MB and more: mapped when allocated (huge pages)
+HEAP_POLICIES = ("fresh", "reuse", "default")
+_DEPTH = [0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -214,33 +219,49 @@ def _glibc():
 
 
 @contextmanager
-def reuse_freed_memory(enabled: bool = True):
-    """Inside this block glibc keeps freed memory in the heap for the next allocation.
+def cpu_heap(policy: str = "fresh"):
+    """How glibc serves the big blocks (activations) allocated inside this block.
 
-    Activations of a 3D network at 128^3 are tens to hundreds of MB each, above glibc's mmap
-    threshold (at most 32 MB): by default every one is mapped fresh, its pages are faulted in
-    and zeroed by the kernel on first touch, and it is unmapped when freed: about 2 GB of page
-    faults per context pair (8 pairs on the released code's path: 32 million faults). Here mmap
-    is off and the heap is not trimmed, so freed blocks are reused. On leaving, glibc's defaults
-    are restored and the free memory is returned (:func:`trim_heap`). Nested use is fine; a
-    no-op without glibc or when ``enabled`` is false.
+    Activations of a 3D network at 128^3 are 2-270 MB each. glibc's default maps blocks above a
+    *dynamic* threshold (128 kB, raised up to 32 MB as blocks are freed) and keeps the smaller
+    ones in its heap, where they fragment: peak RSS then depends on the history of the process
+    and drifts with the number of chunks (0.1-0.2 GB at 128^3).
+
+    * ``fresh``: a fixed 2 MB threshold. Every activation is mapped when allocated and returned
+      when freed, so RSS follows the live tensors: the same peak for 1 or 16 context pairs and
+      from run to run. New pages are faulted in and zeroed (2 MB at a time with transparent
+      huge pages, see ``THP_MEM_ALLOC_ENABLE``). On leaving, the threshold is 32 MB (the most
+      glibc's own reaches; glibc cannot be handed its dynamic threshold back).
+    * ``reuse``: no mapping, no trimming: freed blocks are reused from the heap without page
+      faults (32 million faults for 8 contexts at 128^3 on the released code's path without
+      huge pages, 20 thousand here) but the heap fragments: 0.5-1.3 GB more RSS at 128^3,
+      varying from process to process. On leaving, glibc's defaults are restored and the
+      free memory is returned (:func:`trim_heap`).
+    * ``default``: glibc as configured.
+
+    Nested blocks keep the outermost policy. A no-op without glibc.
     """
-    libc = _glibc() if enabled else None
-    if libc is None:
+    if policy not in HEAP_POLICIES:
+        raise ValueError(f"heap policy must be one of {', '.join(HEAP_POLICIES)}; got {policy!r}")
+    libc = _glibc() if policy != "default" else None
+    if libc is None or _DEPTH[0]:  # nested: the outer block's policy holds
         yield
         return
-    if not _REUSE_DEPTH[0]:
+    if policy == "fresh":
+        libc.mallopt(_M_MMAP_THRESHOLD, FRESH_THRESHOLD)
+        restore = _AFTER_FRESH
+    else:
         libc.mallopt(_M_MMAP_MAX, 0)
         libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
-    _REUSE_DEPTH[0] += 1
+        restore = _GLIBC_DEFAULTS
+    _DEPTH[0] += 1
     try:
         yield
     finally:
-        _REUSE_DEPTH[0] -= 1
-        if not _REUSE_DEPTH[0]:
-            for parameter, value in _GLIBC_DEFAULTS.items():
-                libc.mallopt(parameter, value)
-            trim_heap()
+        _DEPTH[0] -= 1
+        for parameter, value in restore.items():
+            libc.mallopt(parameter, value)
+        trim_heap()
 
 
 def trim_heap() -> None:

@@ -12,11 +12,11 @@ Speed: weights are cast once to the chosen precision and kept in ``channels_last
 every activation; on the CPU the network uses fused oneDNN conv kernels (see
 ``network.fusable``). The target's share of the context fusion is computed once per target
 (``ContextUNet.target_terms``), not once per chunk, and the float32 feature sums are
-accumulated slab by slab so that widening bfloat16 features stays in cache. On the CPU, freed
-activations are reused from the heap during :meth:`Predictor.predict` with one pair per chunk,
-instead of being unmapped and faulted in again (:func:`.memory.reuse_freed_memory`; 22 thousand
-page faults for 8 contexts at 128^3, 32 million on the released code's path). The float32 sums
-are allocated before the first chunk, so every chunk runs with the same memory whatever L.
+accumulated slab by slab so that widening bfloat16 features stays in cache.
+Flat memory: the float32 sums are allocated before the first chunk and nothing of a chunk
+outlives it, so every chunk runs with the same live tensors whatever L; on the CPU, activations
+are mapped and returned to the system one by one (:func:`.memory.cpu_heap`), so that RSS
+follows them instead of the history of glibc's heap.
 Memory: ``mini_context_size='auto'`` picks the largest m (on the CPU at most ``CPU_AUTO_MAX``)
 whose peak (traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits the budget.
 """
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import memory
+from .contexts import ContextPairs
 from .network import Neuroverse3D, check_inputs
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -158,6 +159,15 @@ def mean_(total: Tensor, count: int, dtype: torch.dtype) -> Tensor:
     return out
 
 
+def _add_to_sums(sums: list, features: list, structures: list) -> None:
+    """Add pair j of each context feature level (``[1, n, C_k, ...]``) to the float32 sums of
+    its structure ``structures[j]``. A function, so that no loop variable keeps a feature of
+    this chunk alive into the next (a full-resolution feature: 134 MB at 128^3 in bfloat16)."""
+    for j, k in enumerate(structures):
+        for total, level in zip(sums[k], features):
+            accumulate_(total, level[:, j])
+
+
 def _sync(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -171,14 +181,19 @@ class Predictor:
     float32 within ``AUTO_TOLERANCE``, else float32);
     mini_context_size: (structure, context) pairs per chunk, ``None`` = all at once,
     ``'auto'`` = the largest that fits ``memory_gb`` (default: a safe fraction of free RAM
-    or GPU memory; on the CPU at most ``CPU_AUTO_MAX``). After :meth:`predict`:
+    or GPU memory; on the CPU at most ``CPU_AUTO_MAX``); cpu_heap: how glibc serves
+    activations on the CPU (:func:`.memory.cpu_heap`; ``fresh``: RSS follows the live
+    tensors, the same for any L). After :meth:`predict`:
     ``last_mini_context_size``, ``timings`` (s), ``last_required_bytes`` (estimated process
     peak) and ``budget_bytes``.
     """
 
     def __init__(self, model: Neuroverse3D, device: str = "auto", precision: str = "float32",
                  mini_context_size: Optional[Union[int, str]] = None,
-                 memory_gb: Optional[float] = None):
+                 memory_gb: Optional[float] = None, cpu_heap: str = "fresh"):
+        if cpu_heap not in memory.HEAP_POLICIES:
+            raise ValueError(f"cpu_heap must be one of {', '.join(memory.HEAP_POLICIES)}")
+        self.cpu_heap = cpu_heap
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         #: ``auto`` with a reduced precision: its measured error vs float32 (None otherwise)
@@ -206,12 +221,12 @@ class Predictor:
         return str(self.dtype).replace("torch.", "")
 
     # ------------------------------------------------------------------ the inference loop
-    def _run(self, model, target: Tensor, images: Tensor, labels: Tensor, chunk: int,
+    def _run(self, model, target: Tensor, contexts: ContextPairs, chunk: int,
              timings: Optional[dict] = None) -> Tensor:
-        """target ``[D,H,W]``, images ``[L,D,H,W]``, labels ``[K,L,D,H,W]`` (any device, any
-        float dtype) -> ``[K,D,H,W]`` in the model's dtype on its device."""
+        """target ``[D,H,W]`` and K label sets over L context images (any device, any float
+        dtype) -> ``[K,D,H,W]`` in the model's dtype on its device."""
         device, dtype = model.target_encoder.target_embedding.weight.device, self.dtype
-        structures, pairs = labels.shape[:2]
+        structures, pairs = contexts.structures, contexts.pairs
         clock = time.perf_counter()
         bottleneck, skips = model.encode_target(
             target[None, None].to(device, dtype).contiguous(memory_format=CL))
@@ -227,15 +242,11 @@ class Predictor:
             index = torch.arange(start, min(start + chunk, structures * pairs))
             ks, ls = (index // pairs).tolist(), (index % pairs).tolist()
             # [n, D, H, W, 2] -> [1, n, 2, D, H, W] with channels last (no layout change later)
-            pair = torch.stack([images[ls].to(device, dtype), labels[ks, ls].to(device, dtype)],
-                               dim=-1)
+            pair = torch.stack([v.to(device, dtype) for v in contexts.take(ks, ls)], dim=-1)
             features = model.context_unet(pair.permute(0, 4, 1, 2, 3)[None], skips, terms)
             del pair
-            for j, k in enumerate(ks):
-                part = [f[:, j] for f in features]
-                for total, p in zip(sums[k], part):
-                    accumulate_(total, p)
-            del features, part
+            _add_to_sums(sums, features, ks)
+            del features  # no reference may outlive the chunk: the next one needs its memory
         del terms
         _sync(device)
         contexts = time.perf_counter()
@@ -267,16 +278,16 @@ class Predictor:
             small = torch.zeros((side,) * 3)
             if structures == 1:  # from the 2nd chunk on, every chunk's state is the same
                 pairs = min(pairs, 2 * chunk)
-            images, labels = torch.zeros((pairs, side, side, side)), torch.zeros(
-                (structures, pairs, side, side, side))
+            contexts = ContextPairs(torch.zeros((pairs, side, side, side)), torch.zeros(
+                (structures, pairs, side, side, side)), small.shape)
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # tiny ops: threads only add synchronisation
             try:
                 with torch.inference_mode():
                     if not self._peaks:  # derived weights are cached on first use: not traced
-                        self._run(self.model, small, images, labels, chunk)
+                        self._run(self.model, small, contexts, chunk)
                     peak = memory.traced_peak_bytes(
-                        lambda: self._run(self.model, small, images, labels, chunk))
+                        lambda: self._run(self.model, small, contexts, chunk))
             finally:
                 torch.set_num_threads(threads)
             self._peaks[key] = int(peak * key[0] / side ** 3)
@@ -325,27 +336,25 @@ class Predictor:
     def predict(self, target: Tensor, context_images: Tensor, context_labels: Tensor,
                 mini_context_size: Optional[Union[int, str]] = None) -> Tensor:
         """target ``[D,H,W]``, context_images ``[L,D,H,W]``, context_labels ``[L,D,H,W]`` or
-        ``[K,L,D,H,W]`` (K structures) -> float32 CPU tensor ``[D,H,W]`` or ``[K,D,H,W]``."""
-        target, images = torch.as_tensor(target), torch.as_tensor(context_images)
-        labels = torch.as_tensor(context_labels)
-        single = labels.dim() == 4
-        labels = labels[None] if single else labels
-        if images.dim() != 4 or labels.dim() != 5 or labels.shape[1:] != images.shape:
-            raise ValueError(f"context_images must be [L,D,H,W] and context_labels [L,D,H,W] or "
-                             f"[K,L,D,H,W] over the same L volumes; got {list(images.shape)} and "
-                             f"{list(torch.as_tensor(context_labels).shape)}")
-        check_inputs(target[None, None], images[None, :, None], labels[:1, :, None],
-                     self.model.divisor)
-        structures, pairs = labels.shape[:2]
+        ``[K,L,D,H,W]`` (K structures) -> float32 CPU tensor ``[D,H,W]`` or ``[K,D,H,W]``.
+
+        The context volumes may also be sequences (of L volumes; labels: or of K such
+        sequences), read only when their chunk runs (:class:`.contexts.ContextPairs`): memory
+        then stays flat in L, inputs included."""
+        target = torch.as_tensor(target)
+        if target.dim() != 3:
+            raise ValueError(f"target must be [D,H,W]; got {list(target.shape)}")
+        contexts = ContextPairs(context_images, context_labels, target.shape)
+        check_inputs(target[None, None], target[None, None, None], target[None, None, None],
+                     self.model.divisor)  # the spatial size (the pairs' shapes: ContextPairs)
+        structures, pairs = contexts.structures, contexts.pairs
         start = time.perf_counter()
         chunk = self.plan(tuple(target.shape), pairs, structures, mini_context_size)
         self.last_mini_context_size = chunk
         timings = {"plan_s": time.perf_counter() - start}
-        # one pair per chunk allocates the same blocks chunk after chunk: the heap reuses
-        # them exactly (larger chunks fragment it: more memory, no gain, so glibc's defaults)
-        with memory.reuse_freed_memory(self.device.type == "cpu" and chunk == 1):
-            out = self._run(self.model, target, images, labels, chunk, timings)
+        with memory.cpu_heap(self.cpu_heap if self.device.type == "cpu" else "default"):
+            out = self._run(self.model, target, contexts, chunk, timings)
         out = out.float().cpu()
         timings["total_s"] = time.perf_counter() - start
         self.timings = timings
-        return out[0] if single else out
+        return out[0] if contexts.single else out

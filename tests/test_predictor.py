@@ -9,6 +9,7 @@ import torch
 
 from neuroverse_bids.model import Neuroverse3D, load_checkpoint
 from neuroverse_bids.model import memory
+from neuroverse_bids.model.contexts import ContextPairs
 from neuroverse_bids.model.predictor import CPU_AUTO_MAX, Predictor, resolve_precision
 
 
@@ -160,7 +161,8 @@ def test_traced_estimate_bounds_the_tensor_memory_of_a_real_run():
     estimate = predictor.peak_bytes((32, 32, 32), 3, 2, 2)
     with torch.inference_mode():
         real = memory.traced_peak_bytes(
-            lambda: predictor._run(predictor.model, target, images, labels, 2))
+            lambda: predictor._run(predictor.model, target,
+                                   ContextPairs(images, labels, target.shape), 2))
     assert 0.5 * estimate <= real <= estimate
 
 
@@ -170,6 +172,7 @@ from neuroverse_bids.model import Neuroverse3D
 from neuroverse_bids.model import predictor as predictor_module
 from neuroverse_bids.model.predictor import Predictor
 from neuroverse_bids.model import memory
+from neuroverse_bids.model.contexts import ContextPairs
 m = int(sys.argv[1])  # the m the budget allows: between the needs of m and m + 1
 predictor_module.CPU_AUTO_MAX = 4  # the search, not the CPU cap
 torch.manual_seed(0)
@@ -228,7 +231,7 @@ def test_autocast_bfloat16_forward_of_a_float32_model_uses_plain_ops():
 
 
 @pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
-def test_freed_memory_is_reused_inside_the_block_and_returned_after():
+def test_freed_memory_is_reused_inside_a_reuse_block_and_returned_after():
     """Big blocks come back from the heap without page faults inside the block; outside it,
     glibc maps every one afresh (65,536 faults for 256 MB, or 128 with huge pages)."""
     import resource
@@ -239,8 +242,8 @@ def test_freed_memory_is_reused_inside_the_block_and_returned_after():
         torch.ones(2 ** 26).sum()
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    with memory.reuse_freed_memory():
-        with memory.reuse_freed_memory():  # nested: leaving the inner block changes nothing
+    with memory.cpu_heap("reuse"):
+        with memory.cpu_heap("fresh"):  # nested: the outer policy holds
             pass
         inside = faults_of_second_allocation()
         rss_holding = memory.process_rss_bytes()  # the freed 256 MB stay in the heap
@@ -248,3 +251,25 @@ def test_freed_memory_is_reused_inside_the_block_and_returned_after():
     outside = faults_of_second_allocation()
     assert inside < 32 and outside > 2 ** 28 // 2 ** 21 // 2, (inside, outside)
     assert rss_holding - rss_after > 2 ** 27  # and go back to the system on leaving
+
+
+@pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
+def test_fresh_heap_returns_freed_activations_despite_fragmentation():
+    """32 blocks of 4 MB, each followed by a small long-lived one (as tensors' metadata and
+    oneDNN's caches are): glibc's heap keeps the freed 128 MB, a ``fresh`` block returns it."""
+    def rss_returned_after_freeing() -> int:
+        big, small = [], []
+        for _ in range(32):
+            big.append(torch.ones(2 ** 20))  # 4 MB, touched
+            small.append(torch.ones(2 ** 14))  # 64 kB, kept: pins the heap above each block
+        holding = memory.process_rss_bytes()
+        del big
+        return holding - memory.process_rss_bytes()
+
+    with memory.cpu_heap("fresh"):
+        inside = rss_returned_after_freeing()
+    outside = rss_returned_after_freeing()  # threshold 32 MB after a fresh block: heap
+    assert inside > 120 * 2 ** 20 and outside < 32 * 2 ** 20, (inside, outside)
+    with pytest.raises(ValueError, match="heap policy"):
+        with memory.cpu_heap("jemalloc"):
+            pass
