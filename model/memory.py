@@ -229,7 +229,8 @@ def cpu_heap(policy: str = "fresh"):
 
     * ``fresh``: a fixed 2 MB threshold. Every activation is mapped when allocated and returned
       when freed, so RSS follows the live tensors: the same peak for 1 or 16 context pairs and
-      from run to run. New pages are faulted in and zeroed (2 MB at a time with transparent
+      from run to run. (glibc still serves a block from free room already in its heap: this
+      holds in a process whose heap did not hold big blocks before.) New pages are faulted in and zeroed (2 MB at a time with transparent
       huge pages, see ``THP_MEM_ALLOC_ENABLE``). On leaving, the threshold is 32 MB (the most
       glibc's own reaches; glibc cannot be handed its dynamic threshold back).
     * ``reuse``: no mapping, no trimming: freed blocks are reused from the heap without page
@@ -248,6 +249,7 @@ def cpu_heap(policy: str = "fresh"):
         yield
         return
     if policy == "fresh":
+        trim_heap()  # free heap memory goes back first (glibc serves from it before mapping)
         libc.mallopt(_M_MMAP_THRESHOLD, FRESH_THRESHOLD)
         restore = _AFTER_FRESH
     else:

@@ -253,22 +253,35 @@ def test_freed_memory_is_reused_inside_a_reuse_block_and_returned_after():
     assert rss_holding - rss_after > 2 ** 27  # and go back to the system on leaving
 
 
-@pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
-def test_fresh_heap_returns_freed_activations_despite_fragmentation():
-    """32 blocks of 4 MB, each followed by a small long-lived one (as tensors' metadata and
-    oneDNN's caches are): glibc's heap keeps the freed 128 MB, a ``fresh`` block returns it."""
-    def rss_returned_after_freeing() -> int:
-        big, small = [], []
-        for _ in range(32):
-            big.append(torch.ones(2 ** 20))  # 4 MB, touched
-            small.append(torch.ones(2 ** 14))  # 64 kB, kept: pins the heap above each block
-        holding = memory.process_rss_bytes()
-        del big
-        return holding - memory.process_rss_bytes()
+FRAGMENTATION_SCRIPT = """
+import json, torch
+from neuroverse_bids.model import memory
 
-    with memory.cpu_heap("fresh"):
-        inside = rss_returned_after_freeing()
-    outside = rss_returned_after_freeing()  # threshold 32 MB after a fresh block: heap
+def rss_returned_after_freeing():
+    big, small = [], []
+    for _ in range(32):
+        big.append(torch.ones(2 ** 20))  # 4 MB, touched
+        small.append(torch.ones(2 ** 14))  # 64 kB, kept: pins the heap above each block
+    holding = memory.process_rss_bytes()
+    del big
+    return holding - memory.process_rss_bytes()
+
+with memory.cpu_heap("fresh"):
+    inside = rss_returned_after_freeing()
+outside = rss_returned_after_freeing()  # threshold 32 MB after a fresh block: the heap
+print(json.dumps([inside, outside]))
+"""
+
+
+@pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
+def test_fresh_heap_returns_freed_activations_despite_fragmentation(tmp_path):
+    """In a fresh process: 32 blocks of 4 MB, each followed by a small long-lived one (as
+    tensors' metadata and oneDNN's caches are): glibc's heap keeps the freed 128 MB, a
+    ``fresh`` block returns it."""
+    proc = subprocess.run([sys.executable, "-c", FRAGMENTATION_SCRIPT], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    inside, outside = json.loads(proc.stdout.strip().splitlines()[-1])
     assert inside > 120 * 2 ** 20 and outside < 32 * 2 ** 20, (inside, outside)
     with pytest.raises(ValueError, match="heap policy"):
         with memory.cpu_heap("jemalloc"):
