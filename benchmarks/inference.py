@@ -313,7 +313,8 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mem", type=float, default=None, help="budget for auto m, GB")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per case (fresh processes); the median time is reported")
+                        help="rounds over all cases (fresh processes); the median time is "
+                        "reported")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case
@@ -323,24 +324,32 @@ def main(argv=None):
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         cases = _cases(args, tmp)
-        for case in cases:
-            case["load_before"] = [round(x, 2) for x in os.getloadavg()]
-            # the app's process setting (neuroverse_bids/__init__.py) for the fast path; the
-            # released code ran with torch's default (no huge pages)
-            env = dict(os.environ, THP_MEM_ALLOC_ENABLE="0" if case["mode"] == "baseline" else "1")
-            runs = []
-            for _ in range(args.repeat):
+        runs = {id(case): [] for case in cases}
+        # rounds over all cases, not all repeats of one case at once: the machine's speed
+        # drifts over minutes, and each case then sees every phase of it
+        for round_ in range(args.repeat):
+            for case in cases:
+                if "error" in case:
+                    continue
+                case.setdefault("load_before", [round(x, 2) for x in os.getloadavg()])
+                # the app's process setting (neuroverse_bids/__init__.py) for the fast path;
+                # the released code ran with torch's default (no huge pages)
+                env = dict(os.environ,
+                           THP_MEM_ALLOC_ENABLE="0" if case["mode"] == "baseline" else "1")
                 proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
                                       capture_output=True, text=True, env=env)
                 if proc.returncode:
                     case["error"] = proc.stderr.strip().splitlines()[-1] if proc.stderr else "?"
-                    break
-                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            if runs and "error" not in case:  # the run with the median time; every time kept
-                runs.sort(key=lambda run: run["seconds"])
-                case.update(runs[(len(runs) - 1) // 2], seconds_all=[r["seconds"] for r in runs],
-                            peak_rss_gb_max=max(r["peak_rss_gb"] for r in runs))
-            print(json.dumps({k: v for k, v in case.items() if k != "output"}), flush=True)
+                    continue
+                runs[id(case)].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                print(json.dumps({"round": round_, "L": case["contexts"], "mode": case["mode"],
+                                  "heap": case.get("heap"), "inputs": case.get("inputs"),
+                                  **runs[id(case)][-1]}), flush=True)
+        for case in cases:
+            done = sorted(runs[id(case)], key=lambda run: run["seconds"])
+            if done and "error" not in case:  # the run with the median time; every time kept
+                case.update(done[(len(done) - 1) // 2], seconds_all=[r["seconds"] for r in done],
+                            peak_rss_gb_max=max(r["peak_rss_gb"] for r in done))
         _agreement(cases)
         for case in cases:
             case.pop("output")

@@ -6,7 +6,7 @@ the bytes of live tensor storages, and the count is scaled by the voxel count (s
 ``Predictor.peak_bytes``). That gives the peak of tensor memory of the code as written, for
 the model config, grid, precision, number of contexts and structures, and chunk size m.
 Kernels' hidden scratch space and allocator slack (not seen by the dispatch mode) are
-covered by ``SAFETY`` and ``SLACK_BYTES``, calibrated on measured peak RSS.
+covered by ``SAFETY`` (per heap policy) and ``SLACK_BYTES``, calibrated on measured peak RSS.
 
 Budgets and estimates are in bytes of the whole process (CPU: resident set size including
 the interpreter, weights and inputs; CUDA: memory allocated by torch on the device).
@@ -27,10 +27,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 GB = 1024 ** 3
-# Process RSS grows by 1.5-2.7x the traced tensor peak (measured at 128^3: hidden kernel
-# scratch such as oneDNN buffers, and the heap that :func:`reuse_freed_memory` keeps, whose
-# fragmentation varies between runs by up to 0.7 GB): the traced peak is tripled.
-SAFETY = 3.0
+#: process peak / traced tensor peak, by CPU heap policy (:func:`cpu_heap`). Measured at
+#: 128^3 on the released configuration: ``fresh`` 1.24-1.39 (float32 and bfloat16, m 1-4;
+#: hidden kernel scratch such as oneDNN buffers); ``reuse`` up to 2.4 (heap fragmentation,
+#: varying from run to run) and glibc's default up to 2.7. CUDA (not measured: cuDNN
+#: workspaces) gets the largest.
+SAFETY = {"fresh": 1.6, "reuse": 3.0, "default": 3.0}
 SLACK_BYTES = 256 * 1024 ** 2  # allocator fragmentation, oneDNN scratch, Python objects
 DEFAULT_FRACTION = 0.8  # of the memory available when no budget is given
 
@@ -167,9 +169,15 @@ def budget_bytes(device: torch.device, memory_gb: Optional[float] = None) -> int
     return int(memory_gb * GB)
 
 
-def required_bytes(traced_peak: int, in_use: int) -> int:
-    """Process peak to expect: memory held now plus the traced peak with margins."""
-    return in_use + int(SAFETY * traced_peak) + SLACK_BYTES
+def safety(device: torch.device, heap: str = "fresh") -> float:
+    """The margin on the traced peak for ``device`` (on the CPU, with heap policy ``heap``)."""
+    return SAFETY[heap] if device.type == "cpu" else max(SAFETY.values())
+
+
+def required_bytes(traced_peak: int, in_use: int, margin: float) -> int:
+    """Process peak to expect: memory held now plus the traced peak times ``margin``
+    (:func:`safety`) plus ``SLACK_BYTES``."""
+    return in_use + int(margin * traced_peak) + SLACK_BYTES
 
 
 def largest_fitting(peak_for: Callable[[int], int], upper: int, room: int) -> int:

@@ -304,7 +304,8 @@ class Predictor:
         self.peak_bytes(shape, pairs, structures, 1)  # first trace: kernels load, RSS grows
         in_use = memory.in_use_bytes(self.device)
         self.budget_bytes = memory.budget_bytes(self.device, self.memory_gb)
-        room = int((self.budget_bytes - in_use - memory.SLACK_BYTES) / memory.SAFETY)
+        margin = memory.safety(self.device, self.cpu_heap)
+        room = int((self.budget_bytes - in_use - memory.SLACK_BYTES) / margin)
         where = f"{'GPU' if self.device.type == 'cuda' else 'RAM'} budget"
         if requested == "auto":
             # on the CPU larger chunks buy nothing (128^3, bfloat16, L=16: m=1 35-40 s and
@@ -313,7 +314,8 @@ class Predictor:
             chunk = memory.largest_fitting(
                 lambda m: self.peak_bytes(shape, pairs, structures, m), cap, room)
             if not chunk:
-                need = memory.required_bytes(self.peak_bytes(shape, pairs, structures, 1), in_use)
+                need = memory.required_bytes(self.peak_bytes(shape, pairs, structures, 1),
+                                             in_use, margin)
                 raise memory.MemoryBudgetError(
                     f"even one context pair at a time needs about {memory.describe(need)}, more "
                     f"than the {where} of {memory.describe(self.budget_bytes)}; raise --mem, "
@@ -322,13 +324,13 @@ class Predictor:
             chunk = total if requested is None else min(int(requested), total)
             peak = self.peak_bytes(shape, pairs, structures, chunk)
             if peak > room:
-                need = memory.required_bytes(peak, in_use)
+                need = memory.required_bytes(peak, in_use, margin)
                 raise memory.MemoryBudgetError(
                     f"mini-context size {chunk} needs about {memory.describe(need)}, more than the "
                     f"{where} of {memory.describe(self.budget_bytes)}; use a smaller "
                     f"--mini-context-size (or auto) or raise --mem")
         self.last_required_bytes = memory.required_bytes(
-            self.peak_bytes(shape, pairs, structures, chunk), in_use)
+            self.peak_bytes(shape, pairs, structures, chunk), in_use, margin)
         return chunk
 
     # --------------------------------------------------------------------------- public

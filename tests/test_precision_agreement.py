@@ -1,0 +1,61 @@
+"""bfloat16 vs float32 on a trained model (the bundled default), on held-out anatomy.
+
+Masks: Dice >= 0.99; generated images: PSNR >= 45 dB (bfloat16 output vs float32 output).
+Brain and tissue masks and generated images meet it; small structures do not (strict xfail).
+Runs ``benchmarks/precision_agreement.py``'s measurement on a small sample; the script itself
+reports more subjects and tasks.
+"""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from neuroverse_bids.anatomy.dataset import make_training_data
+from neuroverse_bids.cli.participant import BUNDLED_MODEL
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "precision_agreement.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("precision_agreement", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    # seed 2000: subjects never used in training (seed 0) nor in the model's evaluation (1000)
+    manifest = make_training_data(tmp_path_factory.mktemp("heldout"), subjects=5, seed=2000,
+                                  kinds=("t1",))
+    return _script().measure(BUNDLED_MODEL, manifest, contexts=4, targets=1,
+                             tasks=("segmentation", "gaussian-noise", "inpainting"))
+
+
+LARGE = ("brain", "GM", "WM")
+
+
+def test_bfloat16_masks_of_brain_and_tissues_match_float32_masks(rows):
+    dice = {r["structure"]: r["value"] for r in rows if r["metric"] == "dice"
+            and r["structure"] in LARGE}
+    assert len(dice) == len(LARGE) and min(dice.values()) >= 0.99, dice
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known: bfloat16 flips voxels whose float32 probability is within ~0.01 of 0.5; this model "
+    "is uncertain on small structures, so their masks differ by more than 1% (measured on "
+    "colin27 sub-001, L=4: CSF 0.985, hippocampus 0.984, pallidum 0.976, amygdala 0.96 = one "
+    "voxel of 13). A float32 target decoder halves the error but does not remove every flip."))
+def test_bfloat16_masks_of_small_structures_match_float32_masks(rows):
+    dice = [r for r in rows if r["metric"] == "dice" and r["structure"] not in LARGE]
+    assert {"Hippocampus", "Putamen"} <= {r["structure"] for r in dice}
+    worst = min(dice, key=lambda r: r["value"])
+    assert worst["value"] >= 0.99, worst
+
+
+def test_bfloat16_images_match_float32_images(rows):
+    psnr = [r for r in rows if r["metric"] == "psnr"]
+    assert {r["task"] for r in psnr} == {"gaussian-noise", "inpainting"}
+    assert len({r["dataset"] for r in psnr}) == 2  # MNI152 and Colin27 anatomy
+    worst = min(psnr, key=lambda r: r["value"])
+    assert worst["value"] >= 45, worst
