@@ -84,12 +84,13 @@ def measure(model_path: Path, manifest_path: Path, contexts: int = 8, targets: i
 
 
 def summary(rows: List[dict]) -> List[dict]:
-    """Per (dataset, task): the worst value, the mean, and how many values."""
+    """Per (dataset, task, structure): the worst value, the mean, and how many values."""
     groups = {}
     for row in rows:
-        groups.setdefault((row["dataset"], row["task"], row["metric"]), []).append(row["value"])
-    return [{"dataset": d, "task": t, "metric": m, "min": min(v), "mean": sum(v) / len(v),
-             "n": len(v)} for (d, t, m), v in groups.items()]
+        key = (row["dataset"], row["task"], row["structure"], row["metric"])
+        groups.setdefault(key, []).append(row["value"])
+    return [{"dataset": d, "task": t, "structure": s, "metric": m, "min": min(v),
+             "mean": sum(v) / len(v), "n": len(v)} for (d, t, s, m), v in groups.items()]
 
 
 def main(argv=None) -> int:
@@ -107,9 +108,9 @@ def main(argv=None) -> int:
     model = args.model or BUNDLED_MODEL
     rows = measure(model, args.manifest, args.contexts, args.targets, args.tasks)
     table = summary(rows)
-    lines = ["| dataset | task | metric | worst | mean | n |", "|" + " --- |" * 6]
-    lines += [f"| {r['dataset']} | {r['task']} | {r['metric']} | {r['min']:.4f} | "
-              f"{r['mean']:.4f} | {r['n']} |" for r in table]
+    lines = ["| dataset | task | structure | metric | worst | mean | n |", "|" + " --- |" * 7]
+    lines += [f"| {r['dataset']} | {r['task']} | {r['structure']} | {r['metric']} | "
+              f"{r['min']:.4f} | {r['mean']:.4f} | {r['n']} |" for r in table]
     text = (f"# bfloat16 vs float32 on `{model.name}`\n\nCommand: `python "
             f"benchmarks/precision_agreement.py {' '.join(sys.argv[1:])}`\n\nDice: bfloat16 "
             f"mask vs float32 mask; PSNR (dB): bfloat16 output vs float32 output.\n\n"

@@ -266,27 +266,46 @@ def test_autocast_bfloat16_forward_of_a_float32_model_uses_plain_ops():
     assert error <= 1e-2, error
 
 
+REUSE_SCRIPT = """
+import json, resource, torch
+from neuroverse_bids.model import memory
+
+def faults_of_second_allocation():
+    torch.ones(2 ** 26)  # 256 MB, touched, freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(2 ** 25)  # 128 MB: fits in the freed block whatever the alignment padding
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+with memory.cpu_heap("reuse"):
+    with memory.cpu_heap("fresh"):  # nested: the outer policy holds
+        pass
+    inside = faults_of_second_allocation()
+    rss_holding = memory.process_rss_bytes()  # the freed 256 MB stay in the heap
+rss_after = memory.process_rss_bytes()
+outside = faults_of_second_allocation()
+print(json.dumps([inside, outside, rss_holding - rss_after]))
+"""
+
+
+def _run_script(script: str, tmp_path, **env) -> list:
+    """Run ``script`` in a fresh process (its heap has no history) -> its last JSON line."""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=dict(os.environ, **env))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
-def test_freed_memory_is_reused_inside_a_reuse_block_and_returned_after():
-    """Big blocks come back from the heap without page faults inside the block; outside it,
-    glibc maps every one afresh (65,536 faults for 256 MB, or 128 with huge pages)."""
-    import resource
+def test_freed_memory_is_reused_inside_a_reuse_block_and_returned_after(tmp_path):
+    """Freed memory serves the next block without page faults inside the block; outside it,
+    glibc maps every big block afresh (32,768 faults for 128 MB; 64 with huge pages).
 
-    def faults_of_second_allocation() -> int:
-        torch.ones(2 ** 26).sum()  # 256 MB, touched, freed
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.ones(2 ** 26).sum()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    with memory.cpu_heap("reuse"):
-        with memory.cpu_heap("fresh"):  # nested: the outer policy holds
-            pass
-        inside = faults_of_second_allocation()
-        rss_holding = memory.process_rss_bytes()  # the freed 256 MB stay in the heap
-    rss_after = memory.process_rss_bytes()
-    outside = faults_of_second_allocation()
-    assert inside < 32 and outside > 2 ** 28 // 2 ** 21 // 2, (inside, outside)
-    assert rss_holding - rss_after > 2 ** 27  # and go back to the system on leaving
+    (A block of exactly the freed size is not always served from the hole: torch asks for an
+    aligned block, for which glibc needs a little more, and any small allocation made next to
+    the hole in between pins it. One reason why ``fresh`` is the default.)"""
+    inside, outside, returned = _run_script(REUSE_SCRIPT, tmp_path)
+    assert inside < 32 and outside >= 64, (inside, outside)
+    assert returned > 2 ** 27  # and go back to the system on leaving
 
 
 FRAGMENTATION_SCRIPT = """
@@ -314,10 +333,7 @@ def test_fresh_heap_returns_freed_activations_despite_fragmentation(tmp_path):
     """In a fresh process: 32 blocks of 4 MB, each followed by a small long-lived one (as
     tensors' metadata and oneDNN's caches are): glibc's heap keeps the freed 128 MB, a
     ``fresh`` block returns it."""
-    proc = subprocess.run([sys.executable, "-c", FRAGMENTATION_SCRIPT], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    inside, outside = json.loads(proc.stdout.strip().splitlines()[-1])
+    inside, outside = _run_script(FRAGMENTATION_SCRIPT, tmp_path)
     assert inside > 120 * 2 ** 20 and outside < 32 * 2 ** 20, (inside, outside)
     with pytest.raises(ValueError, match="heap policy"):
         with memory.cpu_heap("jemalloc"):

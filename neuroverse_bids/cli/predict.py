@@ -4,6 +4,7 @@ All volumes must already be on one grid (same shape, each size divisible by the 
 divisor, 16 for the released model): no resampling is done here. Images are normalised
 (0.5-99.5 percentile clip, min-max to [0, 1]); labels are used as given (masks in {0, 1}).
 The output keeps the target's header and affine; segmentation is thresholded at 0.5.
+Every file is checked before any work; context pairs are then read one chunk at a time.
 
 Exit codes: 0 ok, 64 usage error, 65 bad input data, 66 missing input, 73 cannot write output.
 """
@@ -22,6 +23,21 @@ from ..model.intensity import normalise_intensity
 from ..model.predictor import Predictor
 from ..workflows.niftiio import load_volume, write_nifti_atomic
 from .options import add_inference_options, inference_settings
+
+
+class ContextFiles:
+    """Context volumes read from their files when the predictor reaches their pair, so that
+    memory stays flat in the number of contexts. Images are normalised; labels as given."""
+
+    def __init__(self, paths, labels: bool):
+        self.paths, self.labels = list(paths), labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        _, data = load_volume(self.paths[index])
+        return data.astype(np.float32) if self.labels else normalise_intensity(data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,20 +72,19 @@ def run(args) -> int:
     if any(s % divisor for s in shape):
         raise NeuroverseError(f"{args.target}: shape {shape} is not divisible by {divisor}; pad or "
                               f"resample the volumes to a multiple of {divisor}", exit_code=65)
-    images, labels = [], []
-    for image_path, label_path in zip(args.context_images, args.context_labels):
-        for path, store, is_label in ((image_path, images, False), (label_path, labels, True)):
-            _, data = load_volume(path)
-            if data.shape != shape:
-                raise NeuroverseError(f"{path}: shape {data.shape} differs from the target "
-                                      f"{args.target} {shape}; resample all volumes to one grid "
-                                      "first", exit_code=65)
-            store.append(data.astype(np.float32) if is_label else normalise_intensity(data))
+    for path in [*args.context_images, *args.context_labels]:  # every file, before any work
+        _, data = load_volume(path)
+        if data.shape != shape:
+            raise NeuroverseError(f"{path}: shape {data.shape} differs from the target "
+                                  f"{args.target} {shape}; resample all volumes to one grid "
+                                  "first", exit_code=65)
+        del data
     import torch
 
     predictor = Predictor(model, **settings)
     out = predictor.predict(torch.from_numpy(normalise_intensity(target)),
-                            torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)))
+                            ContextFiles(args.context_images, labels=False),
+                            ContextFiles(args.context_labels, labels=True))
     result = out.numpy()
     if args.task == "seg":
         result = (result > 0.5).astype(np.uint8)
