@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _report import RESULTS, machine, write_report  # beside this script
 
 
 # ------------------------------------------------------------------ the released code path
@@ -199,26 +198,6 @@ def run_case(case: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the driver
-def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        names = [line.split(":", 1)[1].strip() for line in text.splitlines()
-                 if line.startswith("model name")]
-        info["cpu"] = names[0] if names else platform.processor()
-        info["cpu_bf16"] = sorted({f for f in ("amx_bf16", "avx512_bf16") if f in text})
-        mem = [line for line in Path("/proc/meminfo").read_text().splitlines()
-               if line.startswith("MemTotal")]
-        info["ram_gb"] = round(int(mem[0].split()[1]) / 2 ** 20, 1)
-    except (OSError, IndexError):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def _cases(args, tmp):
     cases = []
     baseline_contexts = args.baseline_contexts or args.contexts
@@ -354,18 +333,13 @@ def main(argv=None):
         for case in cases:
             case.pop("output")
     tag = args.tag or f"{torch.device(args.device).type if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')}_{args.grid}"
-    args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "argv": sys.argv[1:], "cases": cases}
     loads = [c["load_before"][0] for c in cases]
     text = (f"# Inference benchmark `{tag}`\n\nMachine: {json.dumps(report['machine'])}\n\n"
             f"Command: `python benchmarks/inference.py {' '.join(sys.argv[1:])}`\n\n"
             f"1-minute load average before each case: {min(loads)}-{max(loads)} (per case in "
             f"the JSON; the machine has {os.cpu_count()} cores and is shared)\n\n{table(cases)}\n")
-    for path, content in ((args.out / f"inference_{tag}.json", json.dumps(report, indent=2)),
-                          (args.out / f"inference_{tag}.md", text)):
-        partial = path.with_suffix(path.suffix + ".part")
-        partial.write_text(content)
-        os.replace(partial, path)
+    write_report(args.out, f"inference_{tag}", report, text)
     print(text)
     return 0
 

@@ -14,15 +14,12 @@ and the next L subjects their context set. Segmentation: all named structures of
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Sequence
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("segmentation", "gaussian-noise", "inpainting", "bias-field", "super-resolution")
 
 
@@ -94,6 +91,9 @@ def summary(rows: List[dict]) -> List[dict]:
 
 
 def main(argv=None) -> int:
+    from _report import RESULTS, machine, write_report  # beside this script (tests load this
+    # file by path, for measure() only, without the benchmarks folder on sys.path)
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
@@ -115,14 +115,9 @@ def main(argv=None) -> int:
             f"benchmarks/precision_agreement.py {' '.join(sys.argv[1:])}`\n\nDice: bfloat16 "
             f"mask vs float32 mask; PSNR (dB): bfloat16 output vs float32 output.\n\n"
             + "\n".join(lines) + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path, content in ((args.out / f"precision_agreement_{args.tag}.json",
-                           json.dumps({"model": str(model.name), "rows": rows,
-                                       "summary": table}, indent=2)),
-                          (args.out / f"precision_agreement_{args.tag}.md", text)):
-        partial = path.with_suffix(path.suffix + ".part")
-        partial.write_text(content)
-        os.replace(partial, path)
+    write_report(args.out, f"precision_agreement_{args.tag}",
+                 {"machine": machine(), "argv": sys.argv[1:], "model": model.name,
+                  "rows": rows, "summary": table}, text)
     print(text)
     return 0
 
