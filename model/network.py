@@ -130,6 +130,8 @@ def _mkldnn_pointwise():
 
 
 _POINTWISE = _mkldnn_pointwise()
+_POINTWISE_INPLACE = (torch.ops.mkldnn._convolution_pointwise_.binary
+                      if _POINTWISE is not None else None)
 
 
 def fusable(x: Tensor, weight: Tensor) -> bool:
@@ -160,6 +162,16 @@ def conv_add(x: Tensor, weight: Tensor, bias, other: Tensor, padding: int = 0) -
         return _POINTWISE.binary(x, other, weight, bias, [padding] * 3, [1] * 3, [1] * 3, 1,
                                  "add", 1.0, None, [], None)
     return F.conv3d(x, weight, bias, padding=padding) + other
+
+
+def conv_add_(other: Tensor, x: Tensor, weight: Tensor, bias, padding: int = 0) -> Tensor:
+    """``other += conv3d(x, weight, bias)`` in place; returns ``other`` (a temporary of the
+    caller's: one fewer activation allocated, and, at 128^3, one fewer fresh 134 MB block)."""
+    if (fusable(x, weight) and other.dtype == x.dtype and other.shape[0] == x.shape[0]
+            and other.is_contiguous(memory_format=torch.channels_last_3d)):
+        return _POINTWISE_INPLACE(other, x, weight, bias, [padding] * 3, [1] * 3, [1] * 3, 1,
+                                  "add", 1.0, None, [], None)
+    return other.add_(F.conv3d(x, weight, bias, padding=padding))
 
 
 def layout_like(x: Tensor, conv: nn.Conv3d) -> Tensor:
@@ -256,7 +268,7 @@ def upsample_and_merge(x: Tensor, skip: Tensor, conv: nn.Conv3d) -> Tensor:
     """
     c_up = x.shape[1]
     merged = upsample(conv_split(x, conv, 0, c_up, bias=False))
-    return conv_add(skip, conv.weight[:, c_up:], conv.bias, merged)
+    return conv_add_(merged, skip, conv.weight[:, c_up:], conv.bias)
 
 
 # --------------------------------------------------------------------------- target branch
@@ -315,10 +327,10 @@ class ContextFusion(nn.Module):
         c = t.shape[1]
         if fusable(t, conv.weight) and t.dtype == torch.float32:  # t folded into the weight
             other = conv_split(context_mean, conv, 0, c, bias=True)
-            fused = conv_add(t, plus_identity(conv, c, 2 * c, t), None, other)
+            fused = conv_add_(other, t, plus_identity(conv, c, 2 * c, t), None)
         else:
             other = t + conv_split(context_mean, conv, 0, c, bias=False)
-            fused = conv_add(t, split_weight(conv, c, 2 * c, t), conv.bias, other)
+            fused = conv_add_(other, t, split_weight(conv, c, 2 * c, t), conv.bias)
         return gelu_(fused)
 
 
@@ -386,7 +398,7 @@ class ContextEncoderStage(nn.Module):
             fused = conv_add(flat, plus_identity(conv, 0, ch, flat), None, other)
         else:
             other = (c + term.unsqueeze(1)).flatten(0, 1)
-            fused = conv_add(flat, split_weight(conv, 0, ch, flat), None, other)
+            fused = conv_add_(other, flat, split_weight(conv, 0, ch, flat), None)
         return gelu_(fused).unflatten(0, c.shape[:2])
 
 
