@@ -226,6 +226,13 @@ def _glibc():
         return None
 
 
+def check_heap_policy(policy: str) -> str:
+    """``policy`` if it is one of ``HEAP_POLICIES``, else ``ValueError``."""
+    if policy not in HEAP_POLICIES:
+        raise ValueError(f"heap policy must be one of {', '.join(HEAP_POLICIES)}; got {policy!r}")
+    return policy
+
+
 @contextmanager
 def cpu_heap(policy: str = "fresh"):
     """How glibc serves the big blocks (activations) allocated inside this block.
@@ -254,9 +261,7 @@ def cpu_heap(policy: str = "fresh"):
 
     Nested blocks keep the outermost policy. A no-op without glibc.
     """
-    if policy not in HEAP_POLICIES:
-        raise ValueError(f"heap policy must be one of {', '.join(HEAP_POLICIES)}; got {policy!r}")
-    libc = _glibc() if policy != "default" else None
+    libc = _glibc() if check_heap_policy(policy) != "default" else None
     if libc is None or _DEPTH[0]:  # nested: the outer block's policy holds
         yield
         return

@@ -534,9 +534,13 @@ def check_inputs(target_in: Tensor, context_in: Tensor, context_out: Tensor, div
             )
     if context_in.shape[1] != context_out.shape[1] or context_in.shape[1] < 1:
         raise ValueError("context_in and context_out must hold the same number (>= 1) of pairs")
-    bad = [s for s in target_in.shape[2:] if s % divisor]
-    if bad:
+    check_spatial_size(target_in.shape[2:], divisor)
+
+
+def check_spatial_size(shape, divisor: int):
+    """Raise ``ValueError`` unless every side of ``shape`` ``(D, H, W)`` divides by ``divisor``."""
+    if any(side % divisor for side in shape):
         raise ValueError(
-            f"spatial size {list(target_in.shape[2:])} is not divisible by {divisor}; "
+            f"spatial size {list(shape)} is not divisible by {divisor}; "
             f"pad or resample the volumes to a multiple of {divisor}"
         )

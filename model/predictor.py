@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import memory
 from .contexts import ContextPairs
-from .network import Neuroverse3D, check_inputs
+from .network import Neuroverse3D, check_spatial_size
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CL = torch.channels_last_3d
@@ -191,9 +191,7 @@ class Predictor:
     def __init__(self, model: Neuroverse3D, device: str = "auto", precision: str = "float32",
                  mini_context_size: Optional[Union[int, str]] = None,
                  memory_gb: Optional[float] = None, cpu_heap: str = "fresh"):
-        if cpu_heap not in memory.HEAP_POLICIES:
-            raise ValueError(f"cpu_heap must be one of {', '.join(memory.HEAP_POLICIES)}")
-        self.cpu_heap = cpu_heap
+        self.cpu_heap = memory.check_heap_policy(cpu_heap)  # before any work
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         #: ``auto`` with a reduced precision: its measured error vs float32 (None otherwise)
@@ -346,9 +344,8 @@ class Predictor:
         target = torch.as_tensor(target)
         if target.dim() != 3:
             raise ValueError(f"target must be [D,H,W]; got {list(target.shape)}")
+        check_spatial_size(target.shape, self.model.divisor)
         contexts = ContextPairs(context_images, context_labels, target.shape)
-        check_inputs(target[None, None], target[None, None, None], target[None, None, None],
-                     self.model.divisor)  # the spatial size (the pairs' shapes: ContextPairs)
         structures, pairs = contexts.structures, contexts.pairs
         start = time.perf_counter()
         chunk = self.plan(tuple(target.shape), pairs, structures, mini_context_size)
