@@ -93,3 +93,43 @@ def test_mini_context_size_out_of_range_is_refused():
     ctx = torch.rand(1, 2, 1, 8, 8, 8)
     with pytest.raises(ValueError, match="mini_context_size must be in 1..2"):
         model(torch.rand(1, 1, 8, 8, 8), ctx, ctx, mini_context_size=3)
+
+
+CL = torch.channels_last_3d
+
+
+def test_separable_bfloat16_upsampling_equals_trilinear_up_to_rounding():
+    from neuroverse_bids.model.network import upsample
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, 6, generator=gen)
+    exact = torch.nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+    with torch.inference_mode():
+        fast = upsample(x.to(torch.bfloat16).contiguous(memory_format=CL))
+        assert torch.equal(upsample(x), exact)  # float32: torch's kernel
+    assert fast.shape == exact.shape and fast.is_contiguous(memory_format=CL)
+    # three 1D passes: up to three bfloat16 roundings (2^-8 each) plus the input's
+    bound = 4 * 2 ** -8 * exact.abs().amax() + 1e-6
+    assert (fast.float() - exact).abs().max() <= bound
+    assert (fast.float() - exact).norm() / exact.norm() < 4e-3
+
+
+@pytest.mark.parametrize("convs", [1, 2])
+def test_a_residual_block_consuming_its_input_gives_the_same_output(convs):
+    from neuroverse_bids.model.network import ResidualBlock
+
+    torch.manual_seed(0)
+    block = ResidualBlock(4, convs).eval().to(memory_format=CL)
+    x = torch.randn(1, 4, 6, 6, 6).contiguous(memory_format=CL)
+    with torch.inference_mode():
+        expected = block(x)
+        consumed = x.clone()
+        out, scratch = block.run(consumed, consume=True)
+    assert torch.equal(out, expected)
+    with torch.no_grad():
+        assert torch.allclose(expected, torch.nn.functional.gelu(x + block.layers(x)), atol=1e-6)
+    if convs == 1:  # a single conv reads its input while the sum is written: not consumed
+        assert scratch is None and out.data_ptr() != consumed.data_ptr()
+    else:
+        assert out.data_ptr() == consumed.data_ptr()
+        assert scratch.shape == x.shape and scratch.is_contiguous(memory_format=CL)

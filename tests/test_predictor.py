@@ -338,3 +338,16 @@ def test_fresh_heap_returns_freed_activations_despite_fragmentation(tmp_path):
     with pytest.raises(ValueError, match="heap policy"):
         with memory.cpu_heap("jemalloc"):
             pass
+
+
+def test_accumulating_bfloat16_features_into_float32_sums_is_exact(monkeypatch):
+    from neuroverse_bids.model import predictor
+
+    monkeypatch.setattr(predictor, "SLAB_BYTES", 8 * 240)  # slabs of 8 planes, the last of 5
+
+    gen = torch.Generator().manual_seed(0)
+    total = torch.randn(1, 3, 37, 5, 4, generator=gen).contiguous(memory_format=torch.channels_last_3d)
+    part = torch.randn(1, 3, 37, 5, 4, generator=gen).to(torch.bfloat16)
+    part = part.contiguous(memory_format=torch.channels_last_3d)
+    expected = total + part.float()
+    assert torch.equal(predictor.accumulate_(total, part), expected)
