@@ -7,7 +7,9 @@ and the next L subjects their context set. Segmentation: all named structures of
 (``structure_groups``) in one call per precision; Dice of the bfloat16 mask vs the float32 mask
 (both thresholded at 0.5). Generation tasks: PSNR of the bfloat16 output vs the float32 output
 (both clipped to [0, 1], the range every output is read in). Writes
-``<out>/precision_agreement_<tag>.json`` and ``.md``.
+``<out>/precision_agreement_<tag>.json`` and ``.md``. With ``--record``, the worst figures are
+also written into the model file's metadata, where ``Predictor``'s ``auto`` precision reads them
+(bfloat16 only where masks keep Dice >= 0.99 and images PSNR >= 45 dB).
 
     python benchmarks/precision_agreement.py data/heldout/manifest.json        # bundled model
 """
@@ -90,6 +92,18 @@ def summary(rows: List[dict]) -> List[dict]:
              "mean": sum(v) / len(v), "n": len(v)} for (d, t, s, m), v in groups.items()]
 
 
+def agreement_record(rows: List[dict], manifest: Path, contexts: int, targets: int) -> dict:
+    """The worst bfloat16-vs-float32 figures of ``rows``, for the checkpoint's metadata."""
+    record = {"measured_on": f"{manifest.parent.name}/{manifest.name}: {targets} targets per "
+                             f"dataset, {contexts} contexts",
+              "measured_by": "benchmarks/precision_agreement.py"}
+    for metric, key in (("dice", "dice_min"), ("psnr", "psnr_min_db")):
+        values = [row["value"] for row in rows if row["metric"] == metric]
+        if values:
+            record[key] = round(min(values), 4)
+    return record
+
+
 def main(argv=None) -> int:
     from _report import RESULTS, machine, write_report  # beside this script (tests load this
     # file by path, for measure() only, without the benchmarks folder on sys.path)
@@ -102,6 +116,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--tag", default="default_model")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--record", action="store_true",
+                        help="write the worst figures into the model file's metadata "
+                             "(precision_agreement.bfloat16; tensors unchanged)")
     args = parser.parse_args(argv)
     from neuroverse_bids.cli.participant import BUNDLED_MODEL
 
@@ -119,6 +136,12 @@ def main(argv=None) -> int:
                  {"machine": machine(), "argv": sys.argv[1:], "model": model.name,
                   "rows": rows, "summary": table}, text)
     print(text)
+    if args.record:
+        from neuroverse_bids.model.checkpoint import record_precision_agreement
+
+        record = agreement_record(rows, args.manifest, args.contexts, args.targets)
+        record_precision_agreement(model, "bfloat16", record)
+        print(f"recorded in {model}: {record}")
     return 0
 
 

@@ -133,8 +133,6 @@ def _config_from_hparams(hparams: dict, inferred: NetworkConfig) -> NetworkConfi
 def save_checkpoint(model: Neuroverse3D, path, grid: Optional[dict] = None,
                     provenance: Optional[dict] = None) -> Path:
     """Write ``model`` in the project's format (atomically: temporary file, then rename)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     metadata = {
         "format": FORMAT_NAME,
@@ -144,8 +142,26 @@ def save_checkpoint(model: Neuroverse3D, path, grid: Optional[dict] = None,
         "provenance": provenance or {},
     }
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    return _write_project(path, tensors, metadata)
+
+
+def _write_project(path: Path, tensors: Dict[str, Tensor], metadata: dict) -> Path:
+    from safetensors.torch import save_file
+
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)}))
     return path
+
+
+def record_precision_agreement(path, precision: str, record: dict) -> Path:
+    """Write the measured agreement of ``precision`` with float32 into a project-format file's
+    metadata (``precision_agreement``, replacing an earlier record of that precision); the
+    tensors are written back unchanged. ``record``: ``dice_min`` (worst Dice of the masks),
+    ``psnr_min_db`` (worst PSNR of generated images) and provenance; the Predictor's ``auto``
+    precision honours it (``predictor.AGREEMENT_TARGETS``)."""
+    path = Path(path)
+    state, metadata = read_project(path)
+    agreement = dict(metadata.get("precision_agreement") or {}, **{precision: dict(record)})
+    return _write_project(path, state, dict(metadata, precision_agreement=agreement))
 
 
 def read_project(path) -> Tuple[Dict[str, Tensor], dict]:

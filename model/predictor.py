@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -79,6 +79,11 @@ def native_bfloat16(device: torch.device) -> bool:
 CPU_AUTO_MAX = 1
 #: ``auto`` precision keeps a reduced precision only below this relative L2 error vs float32
 AUTO_TOLERANCE = 1e-2
+#: ... and only where the agreement recorded in the checkpoint on real tasks meets these
+#: (metadata ``precision_agreement``, e.g. written by ``benchmarks/precision_agreement.py
+#: --record``): worst Dice of reduced-precision masks vs float32 masks, worst PSNR (dB) of
+#: generated images vs float32
+AGREEMENT_TARGETS = {"dice_min": 0.99, "psnr_min_db": 45.0}
 
 
 #: measured :func:`reduced_precision_error` per (checkpoint sha256, dtype, device type, L)
@@ -124,6 +129,14 @@ def reduced_precision_error(model: Neuroverse3D, dtype: torch.dtype, device: tor
 
 
 SLAB_BYTES = 2 ** 20  # elementwise work in slabs this big stays in the CPU caches
+
+
+def recorded_shortfall(metadata: dict, precision: str) -> List[str]:
+    """The agreement figures recorded for ``precision`` in checkpoint ``metadata`` that miss
+    :data:`AGREEMENT_TARGETS`, e.g. ``['dice_min 0.8 < 0.99']``; empty without a record."""
+    record = (metadata.get("precision_agreement") or {}).get(precision) or {}
+    return [f"{key} {record[key]:g} < {target:g}" for key, target in AGREEMENT_TARGETS.items()
+            if key in record and record[key] < target]
 
 
 def _slabs(*tensors: Tensor):
@@ -198,19 +211,17 @@ class Predictor:
         self.cpu_heap = memory.check_heap_policy(cpu_heap)  # before any work
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
+        self.metadata = getattr(model, "metadata", {})
         #: ``auto`` with a reduced precision: its measured error vs float32 (None otherwise)
         self.reduced_precision_error = None
+        #: why ``auto`` fell back to float32 from a native reduced precision (None otherwise)
+        self.precision_reason = None
         if precision == "auto" and self.dtype != torch.float32:
-            self.reduced_precision_error = reduced_precision_error(model, self.dtype, self.device)
-            if self.reduced_precision_error > AUTO_TOLERANCE:
-                LOGGER.info("precision auto: float32, as %s differs from it by %.2g (relative L2) "
-                            "on this model", self.precision, self.reduced_precision_error)
-                self.dtype = torch.float32
+            self._auto_fallback(model)
         if mini_context_size not in (None, "auto") and int(mini_context_size) < 1:
             raise ValueError(f"mini_context_size must be >= 1 or 'auto', got {mini_context_size}")
         self.mini_context_size = mini_context_size
         self.memory_gb = memory_gb
-        self.metadata = getattr(model, "metadata", {})
         self.model = model.eval().to(self.device, self.dtype, memory_format=CL)  # cast once
         self._peaks = {}
         self.last_mini_context_size = None
@@ -221,6 +232,24 @@ class Predictor:
     @property
     def precision(self) -> str:
         return str(self.dtype).replace("torch.", "")
+
+    def _auto_fallback(self, model: Neuroverse3D):
+        """``auto``: keep the native reduced precision only where the checkpoint's recorded
+        agreement (if any) meets :data:`AGREEMENT_TARGETS` and the measured relative L2 error
+        is within :data:`AUTO_TOLERANCE`; else float32, with the reason logged."""
+        shortfall = recorded_shortfall(self.metadata, self.precision)
+        if shortfall:
+            reason = (f"the model's recorded {self.precision} agreement with float32 misses its "
+                      f"targets: {', '.join(shortfall)}")
+        else:
+            self.reduced_precision_error = reduced_precision_error(model, self.dtype, self.device)
+            if self.reduced_precision_error <= AUTO_TOLERANCE:
+                return
+            reason = (f"{self.precision} differs from float32 by "
+                      f"{self.reduced_precision_error:.2g} (relative L2) on this model")
+        LOGGER.info("precision auto: float32, as %s", reason)
+        self.precision_reason = reason
+        self.dtype = torch.float32
 
     # ------------------------------------------------------------------ the inference loop
     def _run(self, model, target: Tensor, contexts: ContextPairs, chunk: int,
@@ -240,15 +269,20 @@ class Predictor:
                  for t in [bottleneck, *skips[::-1]]] for _ in range(structures)]
         _sync(device)
         encoded = time.perf_counter()
+        spare = None
         for start in range(0, structures * pairs, chunk):
             index = torch.arange(start, min(start + chunk, structures * pairs))
             ks, ls = (index // pairs).tolist(), (index % pairs).tolist()
             # [n, D, H, W, 2] -> [1, n, 2, D, H, W] with channels last (no layout change later)
             pair = torch.stack([v.to(device, dtype) for v in contexts.take(ks, ls)], dim=-1)
-            features = model.context_unet(pair.permute(0, 4, 1, 2, 3)[None], skips, terms)
+            features = model.context_unet(pair.permute(0, 4, 1, 2, 3)[None], skips, terms, spare)
             del pair
             _add_to_sums(sums, features, ks)
-            del features  # no reference may outlive the chunk: the next one needs its memory
+            # summed: the full-resolution feature's memory serves the next chunk (no fresh
+            # pages); no other reference may outlive the chunk: the next one needs its memory
+            spare = features[-1].flatten(0, 1)
+            del features
+        del spare
         del terms
         _sync(device)
         contexts = time.perf_counter()

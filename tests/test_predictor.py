@@ -351,3 +351,39 @@ def test_accumulating_bfloat16_features_into_float32_sums_is_exact(monkeypatch):
     part = part.contiguous(memory_format=torch.channels_last_3d)
     expected = total + part.float()
     assert torch.equal(predictor.accumulate_(total, part), expected)
+
+
+def test_auto_precision_honours_the_agreement_recorded_in_the_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint whose recorded bfloat16 masks or images miss the targets runs in float32
+    under auto, without measuring; a passing record leaves the decision to the measurement."""
+    from neuroverse_bids.model import predictor
+    from neuroverse_bids.model.checkpoint import record_precision_agreement, save_checkpoint
+
+    monkeypatch.setattr(predictor, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(predictor, "reduced_precision_error", lambda *a, **k: 1e-3)
+    path = save_checkpoint(_tiny(), tmp_path / "model.safetensors")
+    failing = {"dice_min": 0.8, "psnr_min_db": 54.5, "measured_on": "held-out, L=8"}
+    record_precision_agreement(path, "bfloat16", failing)
+    model = load_checkpoint(path)
+    assert model.metadata["precision_agreement"]["bfloat16"] == failing
+    assert torch.equal(model.state_dict()["context_unet.context_embedding.module.weight"],
+                       _tiny().state_dict()["context_unet.context_embedding.module.weight"])
+    auto = Predictor(model, device="cpu", precision="auto")
+    assert auto.precision == "float32"
+    assert "dice_min 0.8 < 0.99" in auto.precision_reason
+    assert Predictor(load_checkpoint(path), device="cpu", precision="bfloat16").precision == "bfloat16"
+    record_precision_agreement(path, "bfloat16", dict(failing, dice_min=0.995))
+    assert Predictor(load_checkpoint(path), device="cpu", precision="auto").precision == "bfloat16"
+
+
+def test_bfloat16_output_is_the_same_for_any_mini_context_size():
+    """Chunks reuse the previous chunk's summed full-resolution feature as working memory
+    (and chunks of unequal size cannot): the output does not depend on it."""
+    torch.manual_seed(0)
+    model = Neuroverse3D(channels=(8, 16, 16), convs_per_block=2)
+    target, images, labels = _volumes((16, 16, 16), pairs=5)
+    outputs = [Predictor(model, device="cpu", precision="bfloat16", mini_context_size=m)
+               .predict(target, images, labels) for m in (None, 1, 2)]
+    assert outputs[0].abs().max() > 0
+    for other in outputs[1:]:
+        assert torch.equal(other, outputs[0])

@@ -29,8 +29,10 @@ def add_inference_options(parser: argparse.ArgumentParser):
                        help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     group.add_argument("--precision", default="auto",
                        choices=("auto", "float32", "bfloat16", "float16"),
-                       help="auto picks bfloat16 where the hardware runs it natively, else "
-                            "float32; float16 is CUDA only (default: auto)")
+                       help="auto picks bfloat16 where the hardware runs it natively and the "
+                            "model's bfloat16 output agrees with float32 (the agreement recorded "
+                            "in the checkpoint, if any, and a quick check), else float32; "
+                            "float16 is CUDA only (default: auto)")
     group.add_argument("--mini-context-size", type=mini_context_size, default="auto",
                        metavar="N|auto",
                        help="context pairs processed at once (APSP); auto picks the largest that "
