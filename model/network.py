@@ -188,33 +188,19 @@ def channels_last(conv: nn.Conv3d) -> bool:
     return weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
 
 
-def embed_volume(x: Tensor, conv: nn.Conv3d, like: nn.Conv3d, out: Tensor = None) -> Tensor:
-    """1x1x1 conv of a volume with 1 or 2 channels ``[B, k, *S]``, laid out like ``like``'s
-    weight; ``out``: a dead activation ``[B, C, *S]`` the result may be written into.
+def embed_volume(x: Tensor, conv: nn.Conv3d, like: nn.Conv3d) -> Tensor:
+    """1x1x1 conv of a 1-channel volume ``[B, 1, *S]`` laid out like ``like``'s weight.
 
-    For inference in ``channels_last_3d`` it is ``bias + sum_i x_i * w_i`` written straight
-    into a channels-last tensor (oneDNN runs so few input channels in the default layout,
-    slowly, and the result would then need a layout change)."""
+    For inference in ``channels_last_3d`` it is one ``bias + x * w`` written straight into a
+    channels-last tensor (oneDNN runs a 1-input-channel volume in the default layout, slowly,
+    and the result would then need a layout change)."""
     weight = conv.weight
-    if fusable(x, weight) and x.shape[1] <= 2 and conv.bias is not None and channels_last(like):
-        out = _reusable(out, (x.shape[0], weight.shape[0], *x.shape[2:]), x)
+    if fusable(x, weight) and x.shape[1] == 1 and conv.bias is not None and channels_last(like):
+        out = torch.empty((x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype,
+                          device=x.device, memory_format=torch.channels_last_3d)
         shape = (1, -1, 1, 1, 1)
-        torch.addcmul(conv.bias.view(shape), x[:, :1], weight[:, 0].reshape(shape), out=out)
-        for channel in range(1, x.shape[1]):
-            out.addcmul_(x[:, channel:channel + 1], weight[:, channel].reshape(shape))
-        return out
+        return torch.addcmul(conv.bias.view(shape), x, weight.view(shape), out=out)
     return layout_like(conv(x), like)
-
-
-def _reusable(out: Tensor, shape, like: Tensor) -> Tensor:
-    """``out`` if it is a ``channels_last_3d`` tensor of ``shape`` and ``like``'s dtype and
-    device (a dead activation to overwrite), else a new one."""
-    if (out is not None and tuple(out.shape) == tuple(shape) and out.dtype == like.dtype
-            and out.device == like.device
-            and out.is_contiguous(memory_format=torch.channels_last_3d)):
-        return out
-    return torch.empty(shape, dtype=like.dtype, device=like.device,
-                       memory_format=torch.channels_last_3d)
 
 
 def gelu_(x: Tensor) -> Tensor:
@@ -280,9 +266,8 @@ def downsample_conv(c_in: int, c_out: int) -> nn.Conv3d:
     return nn.Conv3d(c_in, c_out, kernel_size=4, stride=2, padding=1)
 
 
-def upsample(x: Tensor, out: Tensor = None) -> Tensor:
-    """Trilinear x2 (align_corners=False) on ``[N, C, D, H, W]``; ``out``: a dead activation
-    of the result's shape that may be overwritten.
+def upsample(x: Tensor) -> Tensor:
+    """Trilinear x2 (align_corners=False) on ``[N, C, D, H, W]``.
 
     For bfloat16 inference in ``channels_last_3d`` on the CPU it runs as three 1D passes
     (W, H, then D), about 1.7x faster than torch's kernel there and equal up to bfloat16
@@ -290,18 +275,19 @@ def upsample(x: Tensor, out: Tensor = None) -> Tensor:
     """
     if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
             and x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)):
-        return _double_linear(_double_linear(_double_linear(x, 4), 3), 2, out)
+        for dim in (4, 3, 2):
+            x = _double_linear(x, dim)
+        return x
     return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
 
 
-def _double_linear(x: Tensor, dim: int, out: Tensor = None) -> Tensor:
+def _double_linear(x: Tensor, dim: int) -> Tensor:
     """Linear x2 along ``dim`` (align_corners=False): ``out[2i] = x[i] + (x[i-1] - x[i])/4``,
-    ``out[2i+1] = x[i] + (x[i+1] - x[i])/4``, edges clamped. Output in ``channels_last_3d``
-    (in ``out`` where it fits)."""
+    ``out[2i+1] = x[i] + (x[i+1] - x[i])/4``, edges clamped. Output in ``channels_last_3d``."""
     n = x.shape[dim]
     shape = list(x.shape)
     shape[dim] = 2 * n
-    out = _reusable(out, shape, x)
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
     pairs = out.unflatten(dim, (n, 2))
     even, odd = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
     head, tail = x.narrow(dim, 0, n - 1), x.narrow(dim, 1, n - 1)
@@ -312,17 +298,16 @@ def _double_linear(x: Tensor, dim: int, out: Tensor = None) -> Tensor:
     return out
 
 
-def upsample_and_merge(x: Tensor, skip: Tensor, conv: nn.Conv3d, out: Tensor = None) -> Tensor:
+def upsample_and_merge(x: Tensor, skip: Tensor, conv: nn.Conv3d) -> Tensor:
     """``conv1x1(cat[up(x), skip])`` without materialising the concatenation.
 
-    x: ``[N, C_{i+1}, d, h, w]``, skip: ``[N, C_i, 2d, 2h, 2w]`` -> ``[N, C_i, 2d, 2h, 2w]``
-    (written into ``out``, a dead activation of that shape, where :func:`upsample` can).
+    x: ``[N, C_{i+1}, d, h, w]``, skip: ``[N, C_i, 2d, 2h, 2w]`` -> ``[N, C_i, 2d, 2h, 2w]``.
     A 1x1x1 conv (channel mixing) and trilinear upsampling (per-channel spatial weights)
     commute, so the up half of the conv runs at low resolution on C_{i+1} channels and only
     C_i channels are upsampled: 8x fewer conv FLOPs, half the upsampling work and memory.
     """
     c_up = x.shape[1]
-    merged = upsample(conv_split(x, conv, 0, c_up, bias=False), out)
+    merged = upsample(conv_split(x, conv, 0, c_up, bias=False))
     return conv_add_(merged, skip, conv.weight[:, c_up:], conv.bias)
 
 
@@ -513,15 +498,12 @@ class ContextUNet(nn.Module):
         return [stage.target_term(t) for stage, t in zip(self.enc_blocks, target_skips)]
 
     def forward(self, pairs: Tensor, target_skips: List[Tensor],
-                target_terms: List[Tensor] = None, spare: Tensor = None) -> List[Tensor]:
+                target_terms: List[Tensor] = None) -> List[Tensor]:
         """``target_terms`` (optional): :meth:`target_terms` of ``target_skips``, to avoid
-        recomputing them for every mini-context. ``spare`` (optional, inference): a dead
-        full-resolution activation ``[B*n, C_0, D, H, W]``, e.g. the last output of the previous
-        chunk once summed, that the embedding may overwrite; the memory then serves the last
-        decoder stage, whose output (the last feature) it becomes."""
-        embedded = embed_volume(pairs.flatten(0, 1), self.context_embedding.module,
-                                self.downsample_blocks[0].context_linear_layer.module, spare)
-        c = embedded.unflatten(0, pairs.shape[:2])
+        recomputing them for every mini-context."""
+        c = self.context_embedding(pairs)
+        c = layout_like(c.flatten(0, 1), self.downsample_blocks[0].context_linear_layer.module)
+        c = c.unflatten(0, pairs.shape[:2])
         skips = []
         terms = target_terms or [None] * len(target_skips)
         for stage, down, t_skip, term in zip(self.enc_blocks, self.downsample_blocks,
@@ -530,17 +512,11 @@ class ContextUNet(nn.Module):
             skips.append(c)
             c = down.context_linear_layer(c)
         c = self.enc_blocks[-1](c, consume=True)
-        # the embedding (consumed by stage 0, whose output went elsewhere) is dead by now
-        dead = (not torch.is_grad_enabled() and skips[0].untyped_storage().data_ptr()
-                != embedded.untyped_storage().data_ptr())
-        free = embedded if dead else None
-        del embedded
         features = [c]
         for k, (up, stage) in enumerate(zip(self.upsample_blocks, self.dec_blocks)):
             skip = skips[-1 - k]
             low = c.flatten(0, 1)
-            merged = upsample_and_merge(low, skip.flatten(0, 1), up.context_conv_layer.module,
-                                        free if k == len(self.dec_blocks) - 1 else None)
+            merged = upsample_and_merge(low, skip.flatten(0, 1), up.context_conv_layer.module)
             c = stage.context_conv.module.run(merged, consume=True)[0].unflatten(0, skip.shape[:2])
             features.append(c)
         return features

@@ -269,20 +269,15 @@ class Predictor:
                  for t in [bottleneck, *skips[::-1]]] for _ in range(structures)]
         _sync(device)
         encoded = time.perf_counter()
-        spare = None
         for start in range(0, structures * pairs, chunk):
             index = torch.arange(start, min(start + chunk, structures * pairs))
             ks, ls = (index // pairs).tolist(), (index % pairs).tolist()
             # [n, D, H, W, 2] -> [1, n, 2, D, H, W] with channels last (no layout change later)
             pair = torch.stack([v.to(device, dtype) for v in contexts.take(ks, ls)], dim=-1)
-            features = model.context_unet(pair.permute(0, 4, 1, 2, 3)[None], skips, terms, spare)
+            features = model.context_unet(pair.permute(0, 4, 1, 2, 3)[None], skips, terms)
             del pair
             _add_to_sums(sums, features, ks)
-            # summed: the full-resolution feature's memory serves the next chunk (no fresh
-            # pages); no other reference may outlive the chunk: the next one needs its memory
-            spare = features[-1].flatten(0, 1)
-            del features
-        del spare
+            del features  # no reference may outlive the chunk: the next one needs its memory
         del terms
         _sync(device)
         contexts = time.perf_counter()

@@ -377,8 +377,8 @@ def test_auto_precision_honours_the_agreement_recorded_in_the_checkpoint(tmp_pat
 
 
 def test_bfloat16_output_is_the_same_for_any_mini_context_size():
-    """Chunks reuse the previous chunk's summed full-resolution feature as working memory
-    (and chunks of unequal size cannot): the output does not depend on it."""
+    """Chunks of any size, equal or not, give bit-identical bfloat16 output (the float32
+    sums add the pairs in the same order)."""
     torch.manual_seed(0)
     model = Neuroverse3D(channels=(8, 16, 16), convs_per_block=2)
     target, images, labels = _volumes((16, 16, 16), pairs=5)
