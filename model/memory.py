@@ -243,17 +243,18 @@ def cpu_heap(policy: str = "fresh"):
     and drifts with the number of chunks (0.1-0.2 GB at 128^3).
 
     * ``fresh``: a fixed 2 MB threshold. Every activation is mapped when allocated and returned
-      when freed, so RSS follows the live tensors: at 128^3, 1.79-1.80 GB for 1, 8 and 16
+      when freed, so RSS follows the live tensors: at 128^3, 1.64-1.67 GB for 1, 8 and 16
       context pairs, in every run. (glibc still serves a block from free room already in its
       heap: this holds in a process whose heap did not hold big blocks before.) New pages are
       faulted in and zeroed, 2 MB at a time with transparent huge pages (see
-      ``THP_MEM_ALLOC_ENABLE``): 10-40% of the time of a bfloat16 context pair at 128^3. On
+      ``THP_MEM_ALLOC_ENABLE``); since the network writes residual sums in place, this costs
+      about as much time as ``reuse`` here (16.6 vs 16.5 s for 8 pairs at 128^3). On
       leaving, the threshold is 32 MB (the most glibc's own reaches; glibc cannot be handed
       its dynamic threshold back).
     * ``reuse``: no mapping, no trimming: freed blocks are reused from the heap without page
       faults (32 million faults for 8 contexts at 128^3 on the released code's path without
-      huge pages, 20 thousand here) but the heap fragments: 0.65-1.05 GB more RSS at 128^3,
-      growing over the first chunks. (torch asks for aligned blocks, for which glibc needs a
+      huge pages, 20 thousand here) but the heap fragments: 0.17-0.32 GB more RSS at 128^3,
+      growing with the number of chunks. (torch asks for aligned blocks, for which glibc needs a
       little more than a freed block of the same size, and small allocations pin the holes.)
       On leaving, glibc's defaults are restored and the free memory is returned
       (:func:`trim_heap`).
