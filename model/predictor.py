@@ -195,7 +195,8 @@ class Predictor:
 
     device: ``auto|cpu|cuda[:N]``; precision: ``auto|float32|bfloat16|float16`` (``auto``:
     bfloat16 where the hardware runs it natively and the model's bfloat16 output agrees with
-    float32 within ``AUTO_TOLERANCE``, else float32);
+    float32: within ``AUTO_TOLERANCE`` on a synthetic check, and within ``AGREEMENT_TARGETS``
+    where the checkpoint records its agreement; else float32, ``precision_reason`` says why);
     mini_context_size: (structure, context) pairs per chunk, ``None`` = all at once,
     ``'auto'`` = the largest that fits ``memory_gb`` (default: a safe fraction of free RAM
     or GPU memory; on the CPU at most ``CPU_AUTO_MAX``); cpu_heap: how glibc serves
