@@ -79,6 +79,11 @@ def test_short_run_lowers_validation_loss_and_writes_a_loadable_checkpoint(tmp_p
     assert model.config.channels == (4, 8)
     assert model.metadata["grid"]["shape"] == [16, 16, 16]
     assert model.metadata["provenance"]["step"] == 24
+    # the last step measured bfloat16 against float32 on the 4 validation episodes
+    record = model.metadata["precision_agreement"]["bfloat16"]
+    assert record["measured_by"] == "neuroverse3d-train"
+    assert {"dice_min", "psnr_min_db"} & set(record)
+    assert 0 <= record.get("dice_min", 1) <= 1 and 0 < record.get("psnr_min_db", 100) <= 100
     assert (tmp_path / "run" / "best.safetensors").is_file()
     assert not list((tmp_path / "run").glob(".*"))  # no temporary files left behind
 

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard", action="store_true", default=None)
     parser.add_argument("--no-augment", dest="no_augment", action="store_true", default=None)
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    parser.add_argument("--no-precision-record", dest="record_precision_agreement",
+                        action="store_false", default=None,
+                        help="skip measuring bfloat16 against float32 on the validation "
+                             "episodes at the last step (recorded in the model for --precision "
+                             "auto)")
     return parser
 
 

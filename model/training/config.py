@@ -60,6 +60,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     stop_after: Optional[int] = None        # stop (with a checkpoint) after this step
+    record_precision_agreement: bool = True  # at the last step: bf16 vs float32 into the model
 
     @classmethod
     def from_file(cls, path) -> "TrainConfig":

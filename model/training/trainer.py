@@ -26,8 +26,9 @@ from typing import Dict, Optional
 
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, record_precision_agreement, save_checkpoint
 from ..network import Neuroverse3D
+from .agreement import precision_agreement
 from .augment import AugmentConfig
 from .config import TrainConfig
 from .distributed import DistContext, all_reduce_sum_, barrier, is_ddp, wrap_for_training
@@ -149,6 +150,17 @@ class Trainer:
         torch_save_atomic(self.state_dict(), self.out / STATE_FILE)
         save_checkpoint(self.model, self.out / "model.safetensors", grid=self.grid_metadata(),
                         provenance=self.provenance())
+
+    def record_precision_agreement(self) -> None:
+        """bfloat16 vs float32 on this process's validation episodes, written into the final
+        ``model.safetensors`` (the Predictor's ``auto`` precision honours it)."""
+        episodes = self.validation_episodes()
+        if not episodes:
+            return
+        record = precision_agreement(self.model, episodes, "bfloat16", str(self.device))
+        record_precision_agreement(self.out / "model.safetensors", "bfloat16", record)
+        print(f"neuroverse3d-train: bfloat16 vs float32 on {len(episodes)} validation "
+              f"episodes: {record}", file=sys.stderr)
 
     def grid_metadata(self) -> dict:
         return {"shape": list(self.cfg.grid), "voxel_size_mm": self.cfg.voxel_size_mm,
@@ -322,6 +334,8 @@ class Trainer:
                     self.save()
             if not (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
                 self.save()
+            if self.ctx.is_main and self.step == cfg.steps and cfg.record_precision_agreement:
+                self.record_precision_agreement()
             barrier(self.ctx)
         finally:
             if log_file is not None:
