@@ -227,3 +227,13 @@ def test_output_dataset_passes_the_validator(tmp_path, raw):
     assert errors == []
     assert issues, "the validator reported nothing at all: it probably did not run"
     assert _snapshot(raw_root) == raw_before
+
+
+def test_sidecars_say_why_auto_precision_ran_float32():
+    from neuroverse_bids.workflows.participant import _merge_meta
+
+    reason = "the model's recorded bfloat16 agreement with float32 misses its targets: dice_min 0.8 < 0.99"
+    meta = _merge_meta({"precision": "float32", "precision_reason": reason}, {"Task": "seg"})
+    assert meta["Precision"] == "float32" and meta["PrecisionReason"] == reason
+    assert meta["Task"] == "seg"
+    assert "PrecisionReason" not in _merge_meta({"precision": "bfloat16", "precision_reason": None}, {})

@@ -19,6 +19,8 @@ def _merge_meta(info, static):
         "MiniContextSize": info.get("mini_context_size"),
         "ContextSubjects": info.get("context_subjects"),
     })
+    if info.get("precision_reason"):  # auto chose float32 over a native reduced precision
+        meta["PrecisionReason"] = info["precision_reason"]
     return meta
 
 
