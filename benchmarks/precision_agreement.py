@@ -25,24 +25,17 @@ import torch
 TASKS = ("segmentation", "gaussian-noise", "inpainting", "bias-field", "super-resolution")
 
 
-def _predictors(model_path: Path):
-    from neuroverse_bids.model import load_checkpoint
-    from neuroverse_bids.model.predictor import Predictor
-
-    return {precision: Predictor(load_checkpoint(model_path), device="cpu", precision=precision,
-                                 mini_context_size=1) for precision in ("float32", "bfloat16")}
-
-
 def measure(model_path: Path, manifest_path: Path, contexts: int = 8, targets: int = 2,
             tasks: Sequence[str] = TASKS, seed: int = 0) -> List[dict]:
     """One row per (dataset, task, structure, target): ``metric`` dice or psnr, ``value``."""
     from neuroverse_bids.anatomy.sources import structure_groups
-    from neuroverse_bids.model.training.losses import dice, psnr
+    from neuroverse_bids.model import load_checkpoint
+    from neuroverse_bids.model.training.agreement import compare, float32_and
     from neuroverse_bids.model.training.manifest import load_manifest
     from neuroverse_bids.model.training.sampling import VolumeLoader
     from neuroverse_bids.model.training.synthesis import SEGMENTATION, make_pair
 
-    predictors = _predictors(model_path)
+    predictors = float32_and(load_checkpoint(model_path), "bfloat16")
     grid = predictors["float32"].metadata["grid"]["shape"]
     manifest = load_manifest(manifest_path)
     load = VolumeLoader(manifest, grid)
@@ -73,12 +66,9 @@ def measure(model_path: Path, manifest_path: Path, contexts: int = 8, targets: i
                 out = {p: predictor.predict(source, images, labels)
                        for p, predictor in predictors.items()}
                 for k, name in enumerate(named):
-                    ref, low = out["float32"][k], out["bfloat16"][k]
-                    value = (dice(low, ref) if task == SEGMENTATION else
-                             psnr(low.clamp(0, 1), ref.clamp(0, 1)))
+                    metric, value = compare(task, out["bfloat16"][k], out["float32"][k])
                     rows.append({"dataset": dataset.name, "task": task, "structure": name,
-                                 "target": target.id, "metric": "dice" if task == SEGMENTATION
-                                 else "psnr", "value": value})
+                                 "target": target.id, "metric": metric, "value": value})
     return rows
 
 
@@ -90,18 +80,6 @@ def summary(rows: List[dict]) -> List[dict]:
         groups.setdefault(key, []).append(row["value"])
     return [{"dataset": d, "task": t, "structure": s, "metric": m, "min": min(v),
              "mean": sum(v) / len(v), "n": len(v)} for (d, t, s, m), v in groups.items()]
-
-
-def agreement_record(rows: List[dict], manifest: Path, contexts: int, targets: int) -> dict:
-    """The worst bfloat16-vs-float32 figures of ``rows``, for the checkpoint's metadata."""
-    record = {"measured_on": f"{manifest.parent.name}/{manifest.name}: {targets} targets per "
-                             f"dataset, {contexts} contexts",
-              "measured_by": "benchmarks/precision_agreement.py"}
-    for metric, key in (("dice", "dice_min"), ("psnr", "psnr_min_db")):
-        values = [row["value"] for row in rows if row["metric"] == metric]
-        if values:
-            record[key] = round(min(values), 4)
-    return record
 
 
 def main(argv=None) -> int:
@@ -138,8 +116,12 @@ def main(argv=None) -> int:
     print(text)
     if args.record:
         from neuroverse_bids.model.checkpoint import record_precision_agreement
+        from neuroverse_bids.model.training.agreement import agreement_record
 
-        record = agreement_record(rows, args.manifest, args.contexts, args.targets)
+        record = agreement_record(
+            ((row["metric"], row["value"]) for row in rows),
+            f"{args.manifest.parent.name}/{args.manifest.name}: {args.targets} targets per "
+            f"dataset, {args.contexts} contexts", "benchmarks/precision_agreement.py")
         record_precision_agreement(model, "bfloat16", record)
         print(f"recorded in {model}: {record}")
     return 0

@@ -1,14 +1,17 @@
-"""Agreement of bfloat16 with float32 on a trained model's own validation episodes.
+"""Agreement of a reduced precision with float32 on a trained model: the one measurement.
 
-Measured at the end of ``neuroverse3d-train`` and written into the saved model's metadata
-(``precision_agreement``), where the Predictor's ``auto`` precision reads it: a model whose
-bfloat16 masks or images drift from float32 then runs in float32 (see
-``predictor.AGREEMENT_TARGETS``).
+Masks (segmentation) are compared by Dice, generated images by PSNR, and the worst figures
+form the record that ``checkpoint.record_precision_agreement`` writes into the model's
+metadata, where the Predictor's ``auto`` precision reads it (``predictor.AGREEMENT_TARGETS``).
+``neuroverse3d-train`` measures it on its validation episodes at the last step;
+``benchmarks/precision_agreement.py`` on held-out subjects, per structure.
 """
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Dict, Iterable, Sequence, Tuple
+
+from torch import Tensor
 
 from ..network import Neuroverse3D
 from ..predictor import Predictor
@@ -19,27 +22,43 @@ from .synthesis import SEGMENTATION
 PSNR_CAP_DB = 100.0  # identical outputs have infinite PSNR; metadata stays finite JSON
 
 
+def float32_and(model: Neuroverse3D, precision: str, device: str = "cpu") -> Dict[str, Predictor]:
+    """Predictors for float32 and ``precision``, each on its own copy of ``model``."""
+    return {p: Predictor(copy.deepcopy(model).float(), device=device, precision=p,
+                         mini_context_size=1) for p in ("float32", precision)}
+
+
+def compare(task: str, low: Tensor, reference: Tensor) -> Tuple[str, float]:
+    """``("dice", Dice of the masks)`` for segmentation (both thresholded at 0.5), else
+    ``("psnr", PSNR in dB)`` of the outputs clipped to [0, 1] (capped at ``PSNR_CAP_DB``)."""
+    if task == SEGMENTATION:
+        return "dice", dice(low, reference)
+    return "psnr", min(psnr(low.clamp(0, 1), reference.clamp(0, 1)), PSNR_CAP_DB)
+
+
+def agreement_record(figures: Iterable[Tuple[str, float]], measured_on: str,
+                     measured_by: str) -> dict:
+    """The worst of ``(metric, value)`` figures as a record: ``dice_min``, ``psnr_min_db``."""
+    worst = {}
+    for metric, value in figures:
+        worst[metric] = min(value, worst.get(metric, value))
+    record = {"measured_on": measured_on, "measured_by": measured_by}
+    for metric, key in (("dice", "dice_min"), ("psnr", "psnr_min_db")):
+        if metric in worst:
+            record[key] = round(worst[metric], 4)
+    return record
+
+
 def precision_agreement(model: Neuroverse3D, episodes: Sequence[Episode],
                         precision: str = "bfloat16", device: str = "cpu") -> dict:
-    """Worst figures of ``precision`` against float32 over ``episodes`` (first member the
-    target, the others its context): ``dice_min`` of the masks (segmentation; both
-    thresholded at 0.5) and ``psnr_min_db`` of the outputs (other tasks; both clipped to
-    [0, 1]), in the record format of ``checkpoint.record_precision_agreement``."""
-    predictors = {p: Predictor(copy.deepcopy(model).float(), device=device, precision=p,
-                               mini_context_size=1) for p in ("float32", precision)}
-    dices, psnrs = [], []
+    """The record of ``precision`` against float32 over ``episodes`` (first member the
+    target, the others its context)."""
+    predictors = float32_and(model, precision, device)
+    figures = []
     for episode in episodes:
         target, images, labels = episode.inputs[0], episode.inputs[1:], episode.outputs[1:]
         reference, low = (predictors[p].predict(target, images, labels)
                           for p in ("float32", precision))
-        if episode.task == SEGMENTATION:
-            dices.append(dice(low, reference))
-        else:
-            psnrs.append(min(psnr(low.clamp(0, 1), reference.clamp(0, 1)), PSNR_CAP_DB))
-    record = {"measured_on": f"{len(episodes)} validation episodes of neuroverse3d-train",
-              "measured_by": "neuroverse3d-train"}
-    if dices:
-        record["dice_min"] = round(min(dices), 4)
-    if psnrs:
-        record["psnr_min_db"] = round(min(psnrs), 4)
-    return record
+        figures.append(compare(episode.task, low, reference))
+    return agreement_record(figures, f"{len(episodes)} validation episodes of "
+                                     "neuroverse3d-train", "neuroverse3d-train")
