@@ -230,8 +230,11 @@ def augment_group(inputs: Tensor, outputs: Tensor, task: str, generator: torch.G
     """Augment a group: ``[N, D, H, W]`` inputs and outputs -> same shapes, values in [0, 1]."""
     coords, flips = random_spatial_transform(inputs.shape[-3:], generator, cfg)
     label_mode = "nearest" if task == SEGMENTATION else "bilinear"
-    inputs = apply_spatial(inputs, coords, flips, "bilinear")
+    # interpolation weights sum to 1 only up to rounding: clamp back into [0, 1]
+    inputs = apply_spatial(inputs, coords, flips, "bilinear").clamp_(0, 1)
     outputs = apply_spatial(outputs, coords, flips, label_mode)
+    if label_mode == "bilinear":
+        outputs = outputs.clamp_(0, 1)
     inputs = augment_intensity(inputs, generator, cfg)
     if task == SEGMENTATION:
         outputs = augment_labels(outputs, generator, cfg)

@@ -46,8 +46,9 @@ def uniform(generator: torch.Generator, low: float, high: float) -> float:
 
 
 def minmax(volume: Tensor) -> Tensor:
+    """Rescale to [0, 1]; clamped, because ``(v - lo) / (hi - lo)`` can round past 1."""
     lo, hi = volume.min(), volume.max()
-    return (volume - lo) / (hi - lo) if hi > lo else torch.zeros_like(volume)
+    return ((volume - lo) / (hi - lo)).clamp_(0, 1) if hi > lo else torch.zeros_like(volume)
 
 
 def _axis_coords(size: int, dtype=torch.float32) -> Tensor:
@@ -94,7 +95,7 @@ def add_gaussian_noise(image: Tensor, generator: torch.Generator,
 def add_salt_pepper(image: Tensor, generator: torch.Generator, prob: float = 0.04) -> Tensor:
     """Set a fraction ``prob`` of voxels to 1 (salt) and another ``prob`` to 0 (pepper)."""
     u = torch.rand(image.shape, generator=generator).to(image.device)
-    out = image.clone()
+    out = image.clamp(0, 1)
     out[u < prob] = 1.0
     out[(u >= prob) & (u < 2 * prob)] = 0.0
     return out
