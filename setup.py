@@ -30,7 +30,8 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"neuroverse_bids": ["data/*", "data/**/*"]},
+    package_data={"neuroverse_bids": ["data/*", "data/**/*"],
+                  "neuroverse_bids.workflows.reports": ["templates/*.j2"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
@@ -40,23 +41,25 @@ setup(
         "scipy",
         "nipype>=1.8",
         "pybids>=0.16",
-        "templateflow>=24",
+        "templateflow>=25.1",  # templateflow.client.TemplateFlowClient
         "antspyx>=0.4",
         "nilearn>=0.10",
         "matplotlib",
+        "jinja2>=3",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "bids-validator-deno"]},
     entry_points={
         "console_scripts": [
             "neuroverse3d=neuroverse_bids.cli.run:main",
             "neuroverse3d-predict=neuroverse_bids.cli.predict:main",
+            "neuroverse3d-slurm=neuroverse_bids.cli.slurm:main",
             "neuroverse3d-convert=neuroverse_bids.model.convert:main",
             "neuroverse3d-train=neuroverse_bids.model.training.cli:main",
             "neuroverse3d-manifest=neuroverse_bids.cli.manifest:main",
             "neuroverse3d-demo-data=neuroverse_bids.cli.demo_data:main",
             "neuroverse3d-demo=neuroverse_bids.cli.demo:main",
             "neuroverse3d-make-training-data=neuroverse_bids.anatomy.cli:main",
-            "neuroverse3d-eval=neuroverse_bids.evaluate:main",
+            "neuroverse3d-eval=neuroverse_bids.evaluation.cli:main",
         ]
     },
 )

@@ -3,10 +3,14 @@
 Project format: one ``.safetensors`` file; the weights are the tensors, and the header's
 metadata holds one JSON document under the key ``neuroverse3d``::
 
-    {"format": "neuroverse3d", "format_version": 1,
+    {"format": "neuroverse3d", "format_version": 2,
      "architecture": {"channels": [...], "convs_per_block": 2},
      "grid": {"shape": [128, 128, 128], "voxel_size_mm": 1.5, "template": "MNI152NLin2009cAsym"},
      "provenance": {...}}
+
+Tensors are named as the network's parameters (format version 2). Version 1 files (the
+bundled default model among them) name them as the released checkpoint does; those names, and
+the released checkpoint's, map onto the network's through :data:`RELEASED_NAMES`.
 
 Released format: ``torch.save`` of a Lightning dict (``state_dict`` with keys ``net.*``,
 ``hyper_parameters``, possibly an ``argparse.Namespace``). It is read with
@@ -31,7 +35,7 @@ from .fileio import write_atomic
 from .network import Neuroverse3D, NetworkConfig
 
 FORMAT_NAME = "neuroverse3d"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: tensors under the released checkpoint's names
 METADATA_KEY = "neuroverse3d"
 RELEASED_PREFIX = "net."
 
@@ -102,16 +106,94 @@ def read_released(path) -> Tuple[Dict[str, Tensor], dict]:
     return state, provenance
 
 
+#: Parameter names of :class:`.network.Neuroverse3D` (left) and of the released checkpoint
+#: (right, after the Lightning ``net.`` prefix). ``{i}``: a stage, expanded over 0..S-2;
+#: ``{last}``: S-1 (the released context bottleneck is its encoder's last stage). Inside a
+#: residual block conv j is ``convs.{j}`` here and ``layers.{2j}`` in the release (GELUs sat
+#: between the convs of an ``nn.Sequential``); ``.module`` wrapped the release's per-pair layers.
+RELEASED_NAMES = (
+    ("target_encoder.embed", "target_encoder.target_embedding"),
+    ("target_encoder.blocks.{i}", "target_encoder.enc_blocks.{i}.target_conv"),
+    ("target_encoder.downs.{i}", "target_encoder.downsample_blocks.{i}.target_linear_layer"),
+    ("context_unet.embed", "context_unet.context_embedding.module"),
+    ("context_unet.blocks.{i}", "context_unet.enc_blocks.{i}.context_conv.module"),
+    ("context_unet.target_fusion.{i}", "context_unet.enc_blocks.{i}.combine_conv_context.module"),
+    ("context_unet.downs.{i}", "context_unet.downsample_blocks.{i}.context_linear_layer.module"),
+    ("context_unet.bottleneck", "context_unet.enc_blocks.{last}.context_conv.module"),
+    ("context_unet.ups.{i}.merge", "context_unet.upsample_blocks.{i}.context_conv_layer.module"),
+    ("context_unet.ups.{i}.block", "context_unet.dec_blocks.{i}.context_conv.module"),
+    ("target_decoder.bottleneck.block", "target_decoder.enc_blocks.0.target_conv"),
+    ("target_decoder.bottleneck.fuse", "target_decoder.enc_blocks.0.combine_conv_target.module"),
+    ("target_decoder.merges.{i}", "target_decoder.upsample_blocks.{i}.target_conv_layer"),
+    ("target_decoder.stages.{i}.block", "target_decoder.dec_blocks.{i}.target_conv"),
+    ("target_decoder.stages.{i}.fuse", "target_decoder.dec_blocks.{i}.combine_conv_target.module"),
+    ("target_decoder.output", "target_decoder.output_block.block.0"),
+    ("target_decoder.head", "target_decoder.output_block.block.1"),
+)
+_RESIDUAL_CONV = re.compile(r"(convs|layers)\.(\d+)\.(weight|bias)")
+
+
+def _prefixes(stages: int) -> Dict[str, str]:
+    """:data:`RELEASED_NAMES` expanded for a network of ``stages`` stages."""
+    table = {}
+    for ours, released in RELEASED_NAMES:
+        for i in range(stages - 1) if "{i}" in ours else [None]:
+            table[ours.format(i=i)] = released.format(i=i, last=stages - 1)
+    return table
+
+
+def _rename(state: Dict[str, Tensor], table: Dict[str, str], to_released: bool):
+    """``state`` with the prefixes of ``table`` (ours -> released) swapped; a residual block's
+    ``convs.{j}`` <-> ``layers.{2j}``. Unknown keys are kept (``load_state_dict`` names them)."""
+    prefixes = {v: k for k, v in table.items()} if not to_released else table
+    out = {}
+    for key, value in state.items():
+        prefix, _, leaf = key.rpartition(".")
+        rest = ""
+        while prefix and prefix not in prefixes:  # the leaf may be 'convs.1.weight'
+            prefix, _, part = prefix.rpartition(".")
+            rest = f"{part}.{rest}"
+        if not prefix:
+            out[key] = value
+            continue
+        leaf = rest + leaf
+        conv = _RESIDUAL_CONV.fullmatch(leaf)
+        if conv:
+            index = int(conv.group(2)) * 2 if to_released else int(conv.group(2)) // 2
+            leaf = f"{'layers' if to_released else 'convs'}.{index}.{conv.group(3)}"
+        out[f"{prefixes[prefix]}.{leaf}"] = value
+    return out
+
+
+def to_released_names(state: Dict[str, Tensor], config: NetworkConfig) -> Dict[str, Tensor]:
+    """A :class:`Neuroverse3D` ``state_dict`` under the released checkpoint's key names."""
+    return _rename(state, _prefixes(config.stages), to_released=True)
+
+
+def is_released_naming(state: Dict[str, Tensor]) -> bool:
+    return "target_encoder.target_embedding.weight" in state
+
+
+def from_released_names(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Released key names -> :class:`Neuroverse3D` parameter names (other names pass)."""
+    if not is_released_naming(state):
+        return state
+    stages = 1 + sum(1 for key in state if re.fullmatch(
+        r"target_encoder\.downsample_blocks\.\d+\.target_linear_layer\.weight", key))
+    return _rename(state, _prefixes(stages), to_released=False)
+
+
 def infer_config(state: Dict[str, Tensor]) -> NetworkConfig:
-    """Architecture from tensor shapes: stage channels and convs per residual block."""
+    """Architecture from tensor shapes (our parameter names): stage channels and convs per
+    residual block."""
     channels = []
-    while f"target_encoder.enc_blocks.{len(channels)}.target_conv.layers.0.weight" in state:
-        channels.append(state[f"target_encoder.enc_blocks.{len(channels)}.target_conv.layers.0.weight"].shape[0])
-    bottleneck = state.get("target_decoder.enc_blocks.0.target_conv.layers.0.weight")
+    while f"target_encoder.blocks.{len(channels)}.convs.0.weight" in state:
+        channels.append(state[f"target_encoder.blocks.{len(channels)}.convs.0.weight"].shape[0])
+    bottleneck = state.get("target_decoder.bottleneck.block.convs.0.weight")
     if not channels or bottleneck is None:
         raise CheckpointError("the weights do not look like a Neuroverse3D network")
     channels.append(bottleneck.shape[0])
-    pattern = re.compile(r"target_encoder\.enc_blocks\.0\.target_conv\.layers\.(\d+)\.weight")
+    pattern = re.compile(r"target_encoder\.blocks\.0\.convs\.(\d+)\.weight")
     convs = sum(1 for key in state if pattern.fullmatch(key))
     return NetworkConfig(channels, convs)
 
@@ -141,7 +223,8 @@ def save_checkpoint(model: Neuroverse3D, path, grid: Optional[dict] = None,
         "grid": grid or getattr(model, "metadata", {}).get("grid") or RELEASED_GRID,
         "provenance": provenance or {},
     }
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
+               for k, v in model.state_dict().items()}
     return _write_project(path, tensors, metadata)
 
 
@@ -203,12 +286,14 @@ def load_checkpoint(path, map_location="cpu") -> Neuroverse3D:
                                       "with --model")
     if is_project_file(path):
         state, metadata = read_project(path)
+        state = from_released_names(state)
         config = infer_config(state)
         declared = NetworkConfig(**metadata.get("architecture", {}))
         if declared != config:
             raise CheckpointError(f"{path}: metadata declares {declared} but tensors have {config}")
     else:
         state, provenance = read_released(path)
+        state = from_released_names(state)
         config = _config_from_hparams(provenance["hyper_parameters"], infer_config(state))
         metadata = {"format": "lightning", "architecture": config.to_dict(),
                     "grid": RELEASED_GRID, "provenance": provenance}

@@ -1,10 +1,17 @@
-"""The one atomic file writer: outputs appear whole or not at all."""
+"""File I/O of the model package: the one atomic writer (outputs appear whole or not at all)
+and the one reader of 3D NIfTI volumes."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
+
+
+class VolumeShapeError(ValueError):
+    """A NIfTI image that is not one 3D volume."""
 
 
 def write_atomic(path, write: Callable[[str], None]) -> Path:
@@ -35,3 +42,19 @@ def write_atomic(path, write: Callable[[str], None]) -> Path:
 def write_text_atomic(path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def read_volume(path, dtype=np.float32):
+    """Load a 3D NIfTI -> (image, data array of ``dtype``); a 4D image holding a single volume
+    is squeezed. Raises :class:`VolumeShapeError` naming the file for any other shape (nibabel's
+    own errors pass through for unreadable files)."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj, dtype=dtype)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise VolumeShapeError(f"{path}: expected a 3D volume, got shape {data.shape}; extract "
+                               "one volume (e.g. the first of a 4D series) before using it")
+    return img, data

@@ -53,6 +53,36 @@ def _require_description(bids_dir: Path):
         raise BadInputError(f"{description}: must hold a JSON object with Name and BIDSVersion")
 
 
+def require_dataset(root: Path, what: str):
+    """A derivatives dataset the spec names: a folder with a dataset_description.json."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingInputError(f"{root}: {what} does not exist; fix the path in the spec or in "
+                                "-d/--derivatives NAME=PATH")
+    if not (root / "dataset_description.json").is_file():
+        raise BadInputError(
+            f"{root}: {what} has no dataset_description.json, so it is not a BIDS derivatives "
+            "dataset; add one, e.g. {\"Name\": \"labels\", \"BIDSVersion\": \"1.9.0\", "
+            "\"DatasetType\": \"derivative\", \"GeneratedBy\": [{\"Name\": \"<tool>\"}]}")
+    _require_description(root)
+
+
+def parse_derivatives(values: Optional[Sequence[str]]) -> Dict[str, Path]:
+    """``-d/--derivatives`` values ``NAME=PATH`` (or a bare ``PATH``, named by its folder)."""
+    named: Dict[str, Path] = {}
+    for value in values or []:
+        name, _, path = str(value).partition("=")
+        if not path:
+            name, path = Path(value).name, value
+        if not name or not path:
+            raise UsageError(f"-d/--derivatives {value!r}: expected NAME=PATH, e.g. "
+                             "fmriprep=/data/derivatives/fmriprep")
+        if name in named and named[name] != Path(path).resolve():
+            raise UsageError(f"-d/--derivatives: the name {name!r} is given twice")
+        named[name] = Path(path).resolve()
+    return named
+
+
 def _validator_command() -> List[str]:
     """argv prefix running bids-validator-deno read-only and offline.
 
@@ -155,7 +185,9 @@ def load_layout(bids_dir, derivatives: Iterable = (), database_dir=None):
         database_path = database_dir / key
         database_path.mkdir(parents=True, exist_ok=True)
     try:
+        # the derivatives entities (space, res, desc, label) are parsed in every dataset
         return BIDSLayout(str(bids_dir), validate=False, derivatives=derivatives or False,
+                          config=["bids", "derivatives"],
                           database_path=None if database_path is None else str(database_path),
                           reset_database=True)
     except (ValueError, OSError) as error:  # pybids: bad description, unreadable folder

@@ -1,14 +1,19 @@
 """Context specifications: what task the context shows and where its pairs come from.
 
-A spec is a JSON file (``--context-spec``) or built from the equivalent flags. Paths inside a
-file are relative to the file's folder; a missing ``dataset`` means the input BIDS dataset.
+A spec is a JSON file (``--context-spec``) or built from the equivalent flags. ``images``,
+``labels`` and ``outputs`` are *selectors*: a ``dataset`` plus BIDS entities (any of
+:data:`SELECTOR_KEYS`). ``dataset`` is a name given with ``-d/--derivatives NAME=PATH``, or a
+path relative to the spec file's folder; a missing ``dataset`` means the input BIDS dataset. A
+missing ``space`` means native space (files without a ``space-`` entity).
 
-Segmentation (each structure becomes one output)::
+Segmentation with fMRIPrep derivatives (each structure becomes one output; a structure is a
+dseg name, a list of names or indices (their union), or a per-structure mask ``desc-<mask>_mask``)::
 
     {"task": "segmentation",
-     "images": {"dataset": "bids", "suffix": "T1w"},
-     "labels": {"dataset": "derivatives/labels"},
-     "structures": [{"name": "brain", "mask": "brain"}, {"name": "GM", "dseg": "GM"}],
+     "images": {"dataset": "fmriprep", "desc": "preproc", "suffix": "T1w"},
+     "labels": {"dataset": "fmriprep", "desc": "aseg", "suffix": "dseg"},
+     "structures": [{"name": "hippocampus", "dseg": ["Left-Hippocampus", "Right-Hippocampus"]},
+                    {"name": "brain", "mask": "brain"}],
      "num_contexts": 8, "seed": 0}
 
 Generation with explicit pairs (e.g. T1w -> T2w from subjects that have both)::
@@ -24,47 +29,83 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Union
 
+from .model.training.synthesis import DEGRADATIONS  # the one registry (name -> Degradation)
 from .workflows.errors import BadInputError, MissingInputError, UsageError
 
-DEGRADATIONS = ("gaussian-noise", "salt-pepper", "inpainting", "bias-field", "downsample-x2")
-#: desc-<name> of the output of each synthetic-degradation task
-RESTORATION_NAMES = {"gaussian-noise": "denoised", "salt-pepper": "despeckled",
-                     "inpainting": "inpainted", "bias-field": "biascorrected",
-                     "downsample-x2": "superresolved"}
 DEFAULT_NUM_CONTEXTS = 8
+#: keys of a selector (``images``, ``labels``, ``outputs``): the dataset and BIDS entities
+SELECTOR_KEYS = ("dataset", "space", "res", "desc", "label", "ses", "acq", "rec", "run",
+                 "suffix", "extension")
+#: spec entity key -> pybids entity name (the others are the same)
+PYBIDS_NAMES = {"ses": "session", "acq": "acquisition", "rec": "reconstruction"}
+
+DsegLabel = Union[str, int]
+
+
+@dataclass
+class Selector:
+    """Files of one dataset with given entities. ``root`` None: the input BIDS dataset."""
+
+    root: Optional[Path] = None
+    entities: Dict[str, object] = field(default_factory=dict)   # spec keys (ses, acq, ...)
+    dataset: Optional[str] = None                                # as written (name or path)
+
+    @property
+    def suffix(self) -> Optional[str]:
+        return self.entities.get("suffix")
+
+    def to_dict(self) -> dict:
+        return {"dataset": None if self.root is None else str(self.root), **self.entities}
 
 
 @dataclass
 class Structure:
-    """One segmentation output: from a per-structure mask (``desc-<mask>_mask``) or a dseg label."""
+    """One segmentation output: a per-structure mask (``desc-<mask>_mask``) or dseg label(s)."""
 
     name: str
     mask: Optional[str] = None
-    dseg: Optional[str] = None
+    dseg: Optional[Union[DsegLabel, List[DsegLabel]]] = None   # a name, index, or list (union)
+
+    @property
+    def dseg_labels(self) -> List[DsegLabel]:
+        if self.dseg is None:
+            return []
+        return list(self.dseg) if isinstance(self.dseg, (list, tuple)) else [self.dseg]
 
 
 @dataclass
 class ContextSpec:
     task: str                                  # "segmentation" | "generation"
-    image_dataset: Optional[Path] = None       # None: the input BIDS dataset
-    image_suffix: str = "T1w"
-    label_dataset: Optional[Path] = None       # segmentation: derivatives with masks / dseg
+    images: Selector = field(default_factory=Selector)
+    labels: Optional[Selector] = None          # segmentation: derivatives with masks / dseg
     structures: List[Structure] = field(default_factory=list)
-    output_dataset: Optional[Path] = None      # generation with explicit pairs
-    output_suffix: Optional[str] = None
+    outputs: Optional[Selector] = None         # generation with explicit pairs
     degradation: Optional[str] = None          # generation with synthetic pairs
     name: Optional[str] = None                 # desc-<name> of generation outputs
     num_contexts: int = DEFAULT_NUM_CONTEXTS
     seed: int = 0
     source: str = "command line"               # where the spec came from, for messages
 
+    @property
+    def image_suffix(self) -> str:
+        return self.images.suffix or "T1w"
+
+    @property
+    def output_suffix(self) -> Optional[str]:
+        return self.outputs.suffix if self.outputs is not None else None
+
     def to_dict(self) -> dict:
-        data = asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+        return {"task": self.task, "images": self.images.to_dict(),
+                "labels": self.labels and self.labels.to_dict(),
+                "structures": [{k: v for k, v in vars(s).items() if v is not None}
+                               for s in self.structures],
+                "outputs": self.outputs and self.outputs.to_dict(),
+                "degradation": self.degradation, "name": self.name,
+                "num_contexts": self.num_contexts, "seed": self.seed}
 
     @property
     def output_name(self) -> str:
@@ -72,7 +113,7 @@ class ContextSpec:
         if self.name:
             return self.name
         if self.degradation:
-            return RESTORATION_NAMES[self.degradation]
+            return DEGRADATIONS[self.degradation].restored
         return "synth"
 
     def check(self):
@@ -83,7 +124,7 @@ class ContextSpec:
         if self.num_contexts < 1:
             raise UsageError(f"{where}: num_contexts must be >= 1")
         if self.task == "segmentation":
-            if self.label_dataset is None:
+            if self.labels is None or self.labels.root is None:
                 raise UsageError(f"{where}: segmentation needs a labels dataset "
                                  "(\"labels\": {\"dataset\": ...} or --labels-dataset)")
             if not self.structures:
@@ -94,6 +135,10 @@ class ContextSpec:
             for s in self.structures:
                 if (s.mask is None) == (s.dseg is None):
                     raise UsageError(f"{where}: structure {s.name!r} needs exactly one of 'mask' or 'dseg'")
+                if s.dseg is not None and (not s.dseg_labels or not all(
+                        isinstance(v, (str, int)) and not isinstance(v, bool) for v in s.dseg_labels)):
+                    raise UsageError(f"{where}: structure {s.name!r}: 'dseg' must be a name, an "
+                                     "index, or a non-empty list of names/indices")
                 if not re.fullmatch(r"[A-Za-z0-9]+", s.name):
                     raise UsageError(f"{where}: structure name {s.name!r} must be alphanumeric "
                                      "(it becomes a BIDS label)")
@@ -104,26 +149,54 @@ class ContextSpec:
             if self.degradation is not None and self.degradation not in DEGRADATIONS:
                 raise UsageError(f"{where}: unknown degradation {self.degradation!r}; choose one of "
                                  f"{', '.join(DEGRADATIONS)}")
-        for path in (self.image_dataset, self.label_dataset, self.output_dataset):
-            if path is not None and not Path(path).is_dir():
-                raise MissingInputError(f"{where}: dataset folder {path} does not exist")
+        for selector in (self.images, self.labels, self.outputs):
+            if selector is not None and selector.root is not None and not selector.root.is_dir():
+                raise MissingInputError(f"{where}: dataset folder {selector.root} (dataset "
+                                        f"{selector.dataset!r}) does not exist")
         return self
 
 
-def _dataset(entry: dict, root: Path) -> Optional[Path]:
-    value = (entry or {}).get("dataset")
-    return None if value in (None, "") else (root / value).resolve()
+def parse_selector(entry, where: str, key: str, root: Path,
+                   datasets: Mapping[str, Path]) -> Optional[Selector]:
+    """A selector from a spec entry; unknown keys are a :class:`UsageError` naming them."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise UsageError(f"{where}: {key!r} must be an object such as "
+                         '{"dataset": "fmriprep", "desc": "aseg", "suffix": "dseg"}')
+    unknown = sorted(set(entry) - set(SELECTOR_KEYS))
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {unknown} in {key!r}; allowed: "
+                         f"{', '.join(SELECTOR_KEYS)}")
+    entities = {k: v for k, v in entry.items() if k != "dataset" and v is not None}
+    for name, value in entities.items():
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+            raise UsageError(f"{where}: {key}.{name} must be a non-empty string or number, got {value!r}")
+    return Selector(root=resolve_dataset(entry.get("dataset"), root, datasets),
+                    entities=entities, dataset=entry.get("dataset"))
 
 
-def load_context_spec(path) -> ContextSpec:
-    """Read a context-spec JSON file (see module docstring)."""
+def resolve_dataset(value, root: Path, datasets: Mapping[str, Path]) -> Optional[Path]:
+    """A dataset named with ``-d NAME=PATH``, or a path relative to ``root``; None: the input."""
+    if value in (None, ""):
+        return None
+    if value in datasets:
+        return Path(datasets[value]).resolve()
+    return (root / value).resolve()
+
+
+def load_context_spec(path, datasets: Optional[Mapping[str, Path]] = None) -> ContextSpec:
+    """Read a context-spec JSON file (see module docstring). ``datasets``: ``-d`` names."""
     path = Path(path)
+    datasets = dict(datasets or {})
     if not path.is_file():
         raise MissingInputError(f"{path}: context spec file not found")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UsageError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a context spec is a JSON object (see the README)")
     root = path.parent
     known = {"task", "images", "labels", "structures", "outputs", "degradation", "name",
              "num_contexts", "seed"}
@@ -133,60 +206,72 @@ def load_context_spec(path) -> ContextSpec:
     try:
         structures = [Structure(**s) for s in data.get("structures", [])]
     except TypeError as error:
-        raise UsageError(f"{path}: bad structure entry ({error})") from None
+        raise UsageError(f"{path}: bad structure entry ({error}); each needs 'name' and one of "
+                         "'mask' or 'dseg'") from None
+    where = str(path)
     spec = ContextSpec(
         task=data.get("task", "segmentation"),
-        image_dataset=_dataset(data.get("images"), root),
-        image_suffix=(data.get("images") or {}).get("suffix", "T1w"),
-        label_dataset=_dataset(data.get("labels"), root),
+        images=parse_selector(data.get("images") or {}, where, "images", root, datasets),
+        labels=parse_selector(data.get("labels"), where, "labels", root, datasets),
         structures=structures,
-        output_dataset=_dataset(data.get("outputs"), root),
-        output_suffix=(data.get("outputs") or {}).get("suffix"),
+        outputs=parse_selector(data.get("outputs"), where, "outputs", root, datasets),
         degradation=data.get("degradation"),
         name=data.get("name"),
         num_contexts=int(data.get("num_contexts", DEFAULT_NUM_CONTEXTS)),
         seed=int(data.get("seed", 0)),
-        source=str(path),
+        source=where,
     )
     return spec.check()
 
 
+def _dseg_flag(value: str) -> Union[str, List[DsegLabel]]:
+    """``--dseg-label NAME`` or ``NAME=LABEL+LABEL`` (a union of names or indices)."""
+    if "=" not in value:
+        return value
+    parts = [p for p in value.split("=", 1)[1].split("+") if p]
+    return [int(p) if p.isdigit() else p for p in parts]
+
+
 def spec_from_args(args) -> Optional[ContextSpec]:
     """Build a spec from the command line; flags override the values of ``--context-spec``."""
+    datasets = dict(getattr(args, "derivatives", None) or {})
     if args.context_spec is not None:
-        spec = load_context_spec(args.context_spec)
+        spec = load_context_spec(args.context_spec, datasets)
     elif args.labels_dataset or args.mask or args.dseg_label or args.degradation or args.output_suffix:
         task = "segmentation" if (args.labels_dataset or args.mask or args.dseg_label) else "generation"
         spec = ContextSpec(task=task)
     else:
         raise UsageError("no context given: pass --context-spec FILE, or --labels-dataset with --mask/"
                          "--dseg-label for segmentation, or --degradation / --output-suffix for generation")
-    overrides = {
-        "label_dataset": args.labels_dataset and Path(args.labels_dataset).resolve(),
-        "degradation": args.degradation,
-        "output_suffix": args.output_suffix,
-        "num_contexts": args.num_contexts,
-        "seed": args.context_seed,
-    }
-    for key, value in overrides.items():
+    if args.labels_dataset:
+        labels = spec.labels or Selector(entities={})
+        labels.root = resolve_dataset(str(args.labels_dataset), Path.cwd(), datasets)
+        labels.dataset = str(args.labels_dataset)
+        spec.labels = labels
+    if args.output_suffix:
+        spec.outputs = spec.outputs or Selector(entities={})
+        spec.outputs.entities["suffix"] = args.output_suffix
+    for key, value in {"degradation": args.degradation, "num_contexts": args.num_contexts,
+                       "seed": args.context_seed}.items():
         if value is not None:
             setattr(spec, key, value)
     extra = [Structure(name=n, mask=n) for n in args.mask or []]
-    extra += [Structure(name=n, dseg=n) for n in args.dseg_label or []]
+    extra += [Structure(name=n.split("=", 1)[0], dseg=_dseg_flag(n)) for n in args.dseg_label or []]
     if extra:
         spec.structures = extra
     return spec.check()
 
 
 def pick_context_pool(candidates: List[str], spec: ContextSpec, targets: List[str]) -> List[str]:
-    """Seeded choice of the context subjects, registered once per run.
+    """Seeded choice of the context subjects, the same whichever targets a run processes.
 
-    Every target gets ``num_contexts`` subjects other than itself from the returned pool.
+    The pool is the first ``num_contexts + 1`` of the seeded shuffle of all ``candidates`` (all
+    of them when fewer), so that one participant per job (a SLURM array) shares one cached
+    context set. Each target gets the first ``num_contexts`` pool members other than itself.
     """
     pool = sorted(candidates)
     random.Random(spec.seed).shuffle(pool)
-    needed = spec.num_contexts + (1 if any(t in pool[: spec.num_contexts] for t in targets) else 0)
-    chosen = pool[:needed]
+    chosen = pool[: spec.num_contexts + 1]
     for target in targets:
         available = [s for s in chosen if s != target]
         if len(available) < spec.num_contexts:

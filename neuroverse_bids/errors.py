@@ -5,7 +5,10 @@ import sys
 
 from .workflows.errors import EXIT_FAILURE, EXIT_OK, NeuroverseError  # noqa: F401
 
-__all__ = ["EXIT_OK", "NeuroverseError", "run_with_exit_codes"]
+__all__ = ["EXIT_OK", "EXIT_LOCKED", "NeuroverseError", "run_with_exit_codes"]
+
+#: the work folder is held by another live run (sysexits' EX_TEMPFAIL: retry later)
+EXIT_LOCKED = 75
 
 
 def run_with_exit_codes(program: str, function, *args) -> int:

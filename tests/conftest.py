@@ -1,4 +1,8 @@
-"""Shared fixtures: paths to the reference data and a small random model."""
+"""Shared fixtures: paths to the reference data, a small random model, the demo dataset and
+one real participant run of the app on it (shared by the end-to-end and the reports' tests)."""
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -6,6 +10,16 @@ import torch
 
 DATA = Path(__file__).parent / "data"
 SMALL_CHANNELS = (4, 8, 16, 32, 64)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache_in_tmp(tmp_path_factory):
+    """The bfloat16 self-check cache (``NEUROVERSE3D_CACHE_DIR``) in a temporary folder, never
+    the user's; subprocesses inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("NEUROVERSE3D_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +60,47 @@ def demo_dataset(tmp_path_factory) -> Path:
 def templateflow_home(demo_dataset) -> Path:
     """A TEMPLATEFLOW_HOME holding tpl-MNI152NLin2009aSym (res-1), filled offline."""
     return demo_dataset / "templateflow"
+
+
+@pytest.fixture(scope="session")
+def bundled_grid():
+    """The bundled default model's input grid shape (it lives in MNI152NLin2009aSym)."""
+    from neuroverse_bids.cli.participant import BUNDLED_MODEL
+    from neuroverse_bids.model import load_checkpoint
+
+    assert BUNDLED_MODEL.is_file(), f"the default model is missing: {BUNDLED_MODEL}"
+    grid = load_checkpoint(BUNDLED_MODEL).metadata["grid"]
+    assert grid["template"] == "MNI152NLin2009aSym"
+    return tuple(grid["shape"])
+
+
+def _snapshot(folder: Path):
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _run_app(demo, out, work, *extra):
+    """``neuroverse3d`` participant level on the demo's sub-01 and sub-02 -> (result, seconds)."""
+    env = dict(os.environ, TEMPLATEFLOW_HOME=str(demo / "templateflow"))
+    command = ["neuroverse3d", str(demo / "bids"), str(out), "participant",
+               "--participant-label", "01", "sub-02", "--context-spec", str(demo / "context-spec.json"),
+               "--sloppy", "-w", str(work), "--nprocs", "2", "--precision", "float32",
+               "--device", "cpu", *extra]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
+    return result, time.perf_counter() - start
+
+
+@pytest.fixture(scope="session")
+def app_run(demo_dataset, bundled_grid, tmp_path_factory):
+    """One participant run with the bundled model: ``out``, ``work``, ``demo``, the input
+    dataset's ``before`` snapshot, ``grid``, ``first_seconds``; ``run`` and ``snapshot`` to
+    run again and compare. Tests that change ``out`` work on a copy (it is shared)."""
+    root = tmp_path_factory.mktemp("app")
+    out, work = root / "out", root / "work"
+    before = _snapshot(demo_dataset / "bids")
+    first, first_seconds = _run_app(demo_dataset, out, work)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return {"out": out, "work": work, "demo": demo_dataset, "before": before,
+            "grid": bundled_grid, "first_seconds": first_seconds, "run": _run_app,
+            "snapshot": _snapshot}

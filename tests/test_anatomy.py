@@ -8,41 +8,20 @@ import torch
 
 from neuroverse_bids.anatomy.cli import main as make_data_main
 from neuroverse_bids.anatomy.dataset import write_dataset
-from neuroverse_bids.anatomy.sources import (BRAIN_LABELS, TISSUE, Atlas, Source, atlas_on_grid,
+from neuroverse_bids.anatomy.sources import (BRAIN_LABELS, TISSUE, Source, atlas_on_grid,
                                              kmeans_1d, mricron_dir, resolve_structure,
                                              structure_groups)
 from neuroverse_bids.anatomy.synth import make_subject, subject_seed
 from neuroverse_bids.model.training.manifest import load_manifest
 from neuroverse_bids.model.training.sampling import EpisodeSampler
 from neuroverse_bids.workflows.errors import MissingInputError
+from synthetic import ball, phantom_atlas
 
 SHAPE = (16, 16, 16)
 
 
-def _ball(shape, centre, radius):
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
-    return np.sqrt(((grid - np.reshape(centre, (3, 1, 1, 1))) ** 2).sum(0)) <= radius
-
-
-def tiny_atlas() -> Atlas:
-    """Nested balls: WM core, GM shell, CSF rim, a small 'Putamen_L' (16) and 'Caudate_R' (15)."""
-    c = np.array(SHAPE) / 2 - 0.5
-    tissue = np.zeros(SHAPE, np.int16)
-    tissue[_ball(SHAPE, c, 7)] = TISSUE["CSF"]
-    tissue[_ball(SHAPE, c, 6)] = TISSUE["GM"]
-    tissue[_ball(SHAPE, c, 4)] = TISSUE["WM"]
-    dseg = tissue.copy()
-    dseg[_ball(SHAPE, c + [0, 3, 0], 1.8)] = 16
-    dseg[_ball(SHAPE, c - [0, 3, 0], 1.8)] = 15
-    image = np.choose(np.clip(dseg, 0, 6) % 7, [0.0, 0.1, 0.2, 0.3, 0.5, 0.9, 0.7]).astype(np.float32)
-    image[dseg >= 10] = 0.7
-    reference = nb.Nifti1Image(np.zeros(SHAPE, np.uint8), np.diag([6.0, 6.0, 6.0, 1.0]))
-    return Atlas("Tiny", torch.from_numpy(image), torch.from_numpy(tissue),
-                 torch.from_numpy(dseg), reference)
-
-
 def test_labels_and_image_align_and_are_deterministic():
-    atlas = tiny_atlas()
+    atlas = phantom_atlas()
     for kind in ("t1", "synth"):
         a = make_subject(atlas, kind, torch.Generator().manual_seed(7))
         b = make_subject(atlas, kind, torch.Generator().manual_seed(7))
@@ -68,7 +47,7 @@ def test_labels_and_image_align_and_are_deterministic():
 
 
 def test_excluded_structure_is_gone_before_synthesis():
-    atlas = tiny_atlas()
+    atlas = phantom_atlas()
     subject = make_subject(atlas, "synth", torch.Generator().manual_seed(3), exclude=[16])
     assert not (subject["dseg"] == 16).any() and (subject["dseg"] == 15).any()
     assert resolve_structure("Putamen") == [16, 17] and resolve_structure("putamen_l") == [16]
@@ -84,7 +63,7 @@ def test_structure_groups():
 
 
 def test_write_dataset_manifest_trains(tmp_path):
-    manifest_path = write_dataset(tmp_path, {"tiny": tiny_atlas()}, subjects=3, seed=5,
+    manifest_path = write_dataset(tmp_path, {"tiny": phantom_atlas()}, subjects=3, seed=5,
                                   exclude=["Putamen"])
     manifest = load_manifest(manifest_path)
     assert [d.name for d in manifest.datasets] == ["tiny-t1", "tiny-synth"]
@@ -101,7 +80,7 @@ def test_write_dataset_manifest_trains(tmp_path):
     assert generation["subject_seeds"]["tiny-synth/sub-002"] == subject_seed(5, "tiny-synth", 1)
     assert generation["excluded_labels"] == [16, 17]
     # the same seed writes the same subject; the trainer's sampler reads the set
-    again = write_dataset(tmp_path / "again", {"tiny": tiny_atlas()}, subjects=2, seed=5,
+    again = write_dataset(tmp_path / "again", {"tiny": phantom_atlas()}, subjects=2, seed=5,
                           exclude=["Putamen"])
     twin = load_manifest(again).datasets[1].subjects[0]
     assert np.array_equal(np.asanyarray(image.dataobj),
@@ -116,9 +95,9 @@ def test_write_dataset_manifest_trains(tmp_path):
 def test_atlas_on_grid_keeps_small_structures():
     """A 1 mm source on a 4 mm grid: tissue argmax, structures where they cover half a voxel."""
     shape, c = (48, 48, 48), np.array([23.5, 23.5, 23.5])
-    tissue = np.where(_ball(shape, c, 20), 4, 0).astype(np.int16)
-    tissue[_ball(shape, c, 12)] = 5
-    structures = np.where(_ball(shape, c + [0, 14, 0], 4), 20, 0).astype(np.int16)
+    tissue = np.where(ball(shape, c, 20), 4, 0).astype(np.int16)
+    tissue[ball(shape, c, 12)] = 5
+    structures = np.where(ball(shape, c + [0, 14, 0], 4), 20, 0).astype(np.int16)
     affine = np.eye(4)
     affine[:3, 3] = -c
     source = Source("Balls", (tissue * 20.0).astype(np.float32), tissue, structures, affine)

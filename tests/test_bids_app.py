@@ -1,38 +1,23 @@
 """End to end: the real ``neuroverse3d`` command on a generated BIDS dataset, with the bundled
-default model (no ``--model``, no ``--template``: both come from the package)."""
+default model (no ``--model``, no ``--template``: both come from the package). The run itself
+is the session fixture ``app_run`` (conftest.py), shared with the reports' tests."""
 import hashlib
 import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 import pytest
 
-from neuroverse_bids.cli.participant import BUNDLED_MODEL
-from neuroverse_bids.model import load_checkpoint
 
 TEMPLATE = "MNI152NLin2009aSym"  # the bundled model's space
 STRUCTURES = ("brain", "GM", "WM")
 #: Dice of the bundled model vs the demo's true labels (native space, 3 contexts, sloppy
-#: registration); measured: brain 0.989, GM 0.815-0.818, WM 0.812-0.814 (chance: < 0.5)
+#: registration); measured: brain 0.984-0.985, GM 0.825-0.827, WM 0.818-0.819 (chance: < 0.5)
 MIN_DICE = {"brain": 0.95, "GM": 0.75, "WM": 0.75}
-
-
-@pytest.fixture(scope="module")
-def bundled_grid():
-    assert BUNDLED_MODEL.is_file(), f"the default model is missing: {BUNDLED_MODEL}"
-    grid = load_checkpoint(BUNDLED_MODEL).metadata["grid"]
-    assert grid["template"] == TEMPLATE
-    return tuple(grid["shape"])
-
-
-def _snapshot(folder: Path):
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
 
 
 def _digest(folder: Path):
@@ -47,30 +32,8 @@ def _digest(folder: Path):
     return out
 
 
-def _run(demo, out, work, *extra):
-    env = dict(os.environ, TEMPLATEFLOW_HOME=str(demo / "templateflow"))
-    command = ["neuroverse3d", str(demo / "bids"), str(out), "participant",
-               "--participant-label", "01", "sub-02", "--context-spec", str(demo / "context-spec.json"),
-               "--sloppy", "-w", str(work), "--nprocs", "2", "--precision", "float32",
-               "--device", "cpu", *extra]
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
-    return result, time.perf_counter() - start
-
-
-@pytest.fixture(scope="module")
-def app_run(demo_dataset, bundled_grid, tmp_path_factory):
-    root = tmp_path_factory.mktemp("app")
-    out, work = root / "out", root / "work"
-    before = _snapshot(demo_dataset / "bids")
-    first, first_seconds = _run(demo_dataset, out, work)
-    assert first.returncode == 0, first.stderr[-3000:]
-    return {"out": out, "work": work, "demo": demo_dataset, "before": before,
-            "grid": bundled_grid, "first_seconds": first_seconds}
-
-
 def test_input_dataset_is_untouched(app_run):
-    assert _snapshot(app_run["demo"] / "bids") == app_run["before"]
+    assert app_run["snapshot"](app_run["demo"] / "bids") == app_run["before"]
 
 
 def test_every_expected_output_exists_with_sidecar_and_native_grid(app_run):
@@ -165,7 +128,7 @@ def test_output_dataset_passes_the_bids_validator(app_run):
 def test_second_run_reuses_the_work_dir_and_gives_identical_files(app_run):
     out = app_run["out"]
     before = _digest(out)
-    second, seconds = _run(app_run["demo"], out, app_run["work"])
+    second, seconds = app_run["run"](app_run["demo"], out, app_run["work"])
     assert second.returncode == 0, second.stderr[-3000:]
     assert _digest(out) == before
     print(f"first run {app_run['first_seconds']:.1f} s, second run {seconds:.1f} s")

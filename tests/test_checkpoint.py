@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from neuroverse_bids.model import CheckpointError, Neuroverse3D, load_checkpoint, save_checkpoint
-from neuroverse_bids.model.checkpoint import read_project
+from neuroverse_bids.model.checkpoint import read_project, to_released_names
 from neuroverse_bids.model.convert import main as convert_main
 
 
@@ -47,6 +47,7 @@ def test_full_released_model_converts_to_the_manifest_key_set(data_dir, tmp_path
     model = Neuroverse3D()
     path = save_checkpoint(model, tmp_path / "full.safetensors", provenance={"note": "random"})
     state, metadata = read_project(path)
+    state = to_released_names(state, model.config)  # the loader's table, backwards
     rows = (data_dir / "official_full_manifest.tsv").read_text().splitlines()[1:]
     manifest = {r.split("\t")[0][len("net."):]: r.split("\t")[1] for r in rows}
     assert {k: "x".join(map(str, v.shape)) for k, v in state.items()} == manifest
@@ -117,3 +118,27 @@ def test_project_format_round_trip_keeps_metadata(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
     header_json = json.dumps(loaded.metadata)
     assert "sha256" in header_json
+
+
+def test_files_with_the_released_key_names_load(tmp_path):
+    """Version-1 files (the bundled default model) hold the released checkpoint's names."""
+    from neuroverse_bids.cli.participant import BUNDLED_MODEL
+
+    state, metadata = read_project(BUNDLED_MODEL)
+    assert metadata["format_version"] == 1 and "target_encoder.target_embedding.weight" in state
+    model = load_checkpoint(BUNDLED_MODEL)
+    ours = model.state_dict()
+    assert set(to_released_names(ours, model.config)) == set(state)
+    for key, value in to_released_names(ours, model.config).items():
+        assert torch.equal(value, state[key]), key
+    torch.manual_seed(0)
+    source = Neuroverse3D(channels=(4, 8, 8), convs_per_block=3)
+    path = tmp_path / "v1.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(to_released_names(source.state_dict(), source.config), str(path), metadata={
+        "neuroverse3d": json.dumps({"format": "neuroverse3d", "format_version": 1,
+                                    "architecture": source.config.to_dict()})})
+    loaded = load_checkpoint(path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key

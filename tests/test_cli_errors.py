@@ -144,3 +144,31 @@ def test_usage_errors_exit_64(capsys):
     with pytest.raises(SystemExit) as info:
         main(["only_one_argument"])
     assert info.value.code == 64
+
+
+def test_a_failed_participant_is_summarised_and_the_others_are_written(demo, tmp_path, model_file,
+                                                                       monkeypatch, capsys):
+    """A node that crashes for one participant: the console names the participant, the node,
+    the input and the last line of the error; the other participant's outputs are written;
+    exit code 1."""
+    from neuroverse_bids.workflows.interfaces.icl import InContextPredict
+
+    real = InContextPredict._run_interface
+
+    def crash_for_sub_02(self, runtime):
+        if "sub_02_wf" in str(self.inputs.target):
+            raise RuntimeError("injected failure for sub-02")
+        return real(self, runtime)
+
+    monkeypatch.setattr(InContextPredict, "_run_interface", crash_for_sub_02)
+    code = _run(demo, tmp_path, "--participant-label", "01", "02", "--num-contexts", "1",
+                "--mem", "3GB", model=model_file)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    summary = err[err.index("sub-02 | icl failed"):]
+    assert summary.startswith("sub-02 | icl failed: RuntimeError: injected failure for sub-02")
+    assert "input: target = " in summary and "sub_02_wf" in summary.splitlines()[1]
+    assert "crash file: " in summary and "Traceback" not in err
+    out = tmp_path / "out"
+    assert list((out / "sub-01" / "anat").glob("sub-01_*_mask.nii.gz"))
+    assert not list(out.glob("sub-02/anat/*_mask.nii.gz"))

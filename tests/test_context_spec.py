@@ -21,8 +21,8 @@ def test_spec_file_paths_are_relative_to_the_file(tmp_path):
                              "structures": [{"name": "brain", "mask": "brain"},
                                             {"name": "GM", "dseg": "GM"}], "num_contexts": 3})
     spec = load_context_spec(path)
-    assert spec.label_dataset == (tmp_path / "labels").resolve()
-    assert spec.image_dataset is None and spec.image_suffix == "T1w"
+    assert spec.labels.root == (tmp_path / "labels").resolve()
+    assert spec.images.root is None and spec.image_suffix == "T1w"
     assert [s.name for s in spec.structures] == ["brain", "GM"] and spec.num_contexts == 3
 
 
@@ -37,6 +37,10 @@ def test_spec_file_paths_are_relative_to_the_file(tmp_path):
     ({"task": "generation", "degradation": "blur"}, UsageError, "unknown degradation"),
     ({"task": "generation"}, UsageError, "either a 'degradation'"),
     ({"task": "classification"}, UsageError, "task must be"),
+    ({"task": "segmentation", "labels": {"dataset": "labels", "descr": "aseg"},
+      "structures": [{"name": "a", "dseg": "a"}]}, UsageError, r"unknown key\(s\) \['descr'\] in 'labels'"),
+    ({"task": "segmentation", "labels": {"dataset": "labels"},
+      "structures": [{"name": "a", "dseg": []}]}, UsageError, "non-empty list"),
 ])
 def test_bad_specs_are_refused_naming_the_file(tmp_path, data, error, message):
     path = _write(tmp_path, data)
@@ -56,11 +60,13 @@ def test_invalid_json_is_a_usage_error(tmp_path):
 def test_flags_build_and_override_specs(tmp_path):
     (tmp_path / "labels").mkdir()
     args = SimpleNamespace(context_spec=None, labels_dataset=tmp_path / "labels", mask=["brain"],
-                           dseg_label=["GM"], degradation=None, output_suffix=None, num_contexts=2,
-                           context_seed=5)
+                           dseg_label=["GM", "hippocampus=Left-Hippocampus+Right-Hippocampus+53"],
+                           degradation=None, output_suffix=None, num_contexts=2, context_seed=5)
     spec = spec_from_args(args)
     assert spec.task == "segmentation" and spec.num_contexts == 2 and spec.seed == 5
-    assert spec.structures == [Structure("brain", mask="brain"), Structure("GM", dseg="GM")]
+    assert spec.structures == [Structure("brain", mask="brain"), Structure("GM", dseg="GM"),
+                               Structure("hippocampus", dseg=["Left-Hippocampus",
+                                                              "Right-Hippocampus", 53])]
     gen = spec_from_args(SimpleNamespace(context_spec=None, labels_dataset=None, mask=None, dseg_label=None,
                                          degradation="gaussian-noise", output_suffix=None,
                                          num_contexts=None, context_seed=None))
@@ -86,3 +92,29 @@ def test_too_few_context_subjects_is_reported():
     spec = ContextSpec(task="generation", degradation="gaussian-noise", num_contexts=3, source="spec.json")
     with pytest.raises(BadInputError, match="3 context subjects requested but only 2"):
         pick_context_pool(["01", "02", "03"], spec, ["01"])
+
+
+def test_datasets_are_named_on_the_command_line_and_entities_kept(tmp_path):
+    fmriprep = tmp_path / "elsewhere" / "fmriprep"
+    fmriprep.mkdir(parents=True)
+    path = _write(tmp_path, {
+        "task": "segmentation",
+        "images": {"dataset": "fmriprep", "desc": "preproc", "suffix": "T1w"},
+        "labels": {"dataset": "fmriprep", "desc": "aseg", "suffix": "dseg", "ses": "1"},
+        "structures": [{"name": "hippocampus", "dseg": ["Left-Hippocampus", "Right-Hippocampus"]}]})
+    spec = load_context_spec(path, {"fmriprep": fmriprep})
+    assert spec.images.root == spec.labels.root == fmriprep.resolve()
+    assert spec.images.entities == {"desc": "preproc", "suffix": "T1w"}
+    assert spec.labels.entities == {"desc": "aseg", "suffix": "dseg", "ses": "1"}
+    assert spec.structures[0].dseg_labels == ["Left-Hippocampus", "Right-Hippocampus"]
+    assert spec.to_dict()["labels"]["dataset"] == str(fmriprep.resolve())
+    with pytest.raises(MissingInputError, match="'fmriprep'"):  # not named: a missing folder
+        load_context_spec(path)
+
+
+def test_pool_does_not_depend_on_the_targets():
+    """One participant per job (an array) must see the same pool, so they share one cache."""
+    spec = ContextSpec(task="generation", degradation="gaussian-noise", num_contexts=3, seed=2)
+    candidates = [f"{i:02d}" for i in range(1, 11)]
+    pools = {tuple(pick_context_pool(candidates, spec, [t])) for t in candidates}
+    assert len(pools) == 1 and len(pools.pop()) == 4

@@ -9,36 +9,17 @@ import pytest
 import torch
 
 from neuroverse_bids.anatomy.dataset import write_dataset
-from neuroverse_bids.anatomy.sources import TISSUE, Atlas
-from neuroverse_bids.evaluate import COLUMNS, draw_seed, main, majority_vote, split_subjects
+from neuroverse_bids.evaluation.cli import main
+from neuroverse_bids.evaluation.protocol import draw_seed, majority_vote, split_subjects
+from neuroverse_bids.evaluation.report import COLUMNS
 from neuroverse_bids.model import Neuroverse3D, save_checkpoint
 from neuroverse_bids.model.intensity import normalise_intensity
 from neuroverse_bids.model.training.synthesis import make_pair
+from synthetic import phantom_atlas
 
 SHAPE = (16, 16, 16)
 DATASET = "tiny-synth"
 DRAWS, SIZES = 2, (1, 2)
-
-
-def _ball(centre, radius):
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"))
-    return np.sqrt(((grid - np.reshape(centre, (3, 1, 1, 1))) ** 2).sum(0)) <= radius
-
-
-def tiny_atlas() -> Atlas:
-    """Nested balls (CSF, GM, WM) and two small structures (Caudate_R 15, Putamen_L 16)."""
-    c = np.array(SHAPE) / 2 - 0.5
-    tissue = np.zeros(SHAPE, np.int16)
-    for name, radius in (("CSF", 7), ("GM", 6), ("WM", 4)):
-        tissue[_ball(c, radius)] = TISSUE[name]
-    dseg = tissue.copy()
-    dseg[_ball(c + [0, 3, 0], 1.8)] = 16
-    dseg[_ball(c - [0, 3, 0], 1.8)] = 15
-    image = np.choose(dseg.clip(0, 6), [0.0, 0.1, 0.2, 0.3, 0.5, 0.9, 0.7]).astype(np.float32)
-    image[dseg >= 10] = 0.7
-    reference = nb.Nifti1Image(np.zeros(SHAPE, np.uint8), np.diag([12.0, 12.0, 12.0, 1.0]))
-    return Atlas("Tiny", torch.from_numpy(image), torch.from_numpy(tissue),
-                 torch.from_numpy(dseg), reference)
 
 
 def _read_tsv(path):
@@ -50,7 +31,7 @@ def _read_tsv(path):
 def setup(tmp_path_factory):
     """Two datasets of 5 subjects (t1, synth), a random 2-stage model with the data's grid."""
     root = tmp_path_factory.mktemp("eval")
-    manifest = write_dataset(root / "data", {"tiny": tiny_atlas()}, subjects=5, seed=3)
+    manifest = write_dataset(root / "data", {"tiny": phantom_atlas(SHAPE, voxel_mm=12.0)}, subjects=5, seed=3)
     torch.manual_seed(0)
     model = save_checkpoint(Neuroverse3D(channels=(4, 8)), root / "tiny.safetensors",
                             grid={"shape": list(SHAPE), "voxel_size_mm": 12.0,

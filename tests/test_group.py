@@ -6,8 +6,9 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from neuroverse_bids.cli.group import build_group_report, collect_volumes
-from neuroverse_bids.workflows.reports import is_nonempty_image, report_figures, robust_z
+from neuroverse_bids.workflows.reports import (build_group_report, is_nonempty_image,
+                                               report_figures, robust_z)
+from neuroverse_bids.workflows.reports.group import collect_volumes
 
 #: image prefix -> (voxel size mm, brain radii mm); sub-11 has a far too small brain
 RADII = (30.0, 36.0, 27.0)
@@ -83,8 +84,10 @@ def test_group_tsv_rows_columns_and_volumes(outputs):
 
 def test_group_page_flags_the_outlier_and_links_reports(outputs):
     out, _ = outputs
-    page = build_group_report(out)
-    assert page == out / "group.html"
+    written = build_group_report(out)
+    page = written["page"]
+    assert page == out / "group.html" and written["table"] == out / "group_volumes.tsv"
+    assert written["rows"] == len(IMAGES) and sorted(written["structures"]) == ["WM", "brain"]
     text = page.read_text()
     figures = report_figures(page)
     assert len(figures) == 1 and is_nonempty_image(figures[0])

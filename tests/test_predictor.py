@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from neuroverse_bids.model import Neuroverse3D, load_checkpoint
-from neuroverse_bids.model import memory
+from neuroverse_bids.model import Neuroverse3D, load_checkpoint, save_checkpoint
+from neuroverse_bids.model.engine import memory
 from neuroverse_bids.model.contexts import ContextPairs
 from neuroverse_bids.model.predictor import CPU_AUTO_MAX, Predictor, resolve_precision
 
@@ -168,7 +168,7 @@ def test_auto_mini_context_size_is_the_largest_that_fits(monkeypatch):
     assert all(a < b for a, b in zip(peaks, peaks[1:]))  # more pairs at once, more memory
     assert peaks[1] - peaks[0] > 2 ** 28  # the problem is big enough for RSS noise not to matter
     in_use = memory.in_use_bytes(predictor.device)
-    margin = memory.safety(predictor.device, predictor.cpu_heap)
+    margin = memory.safety(predictor.device)
     middle = in_use + memory.SLACK_BYTES + margin * (peaks[2] + peaks[3]) / 2
     predictor.memory_gb = middle / memory.GB
     assert predictor.plan(shape, pairs, 1, "auto") == 3
@@ -186,8 +186,8 @@ def test_an_m_that_cannot_fit_fails_before_any_work(monkeypatch):
                           memory_gb=memory.in_use_bytes(torch.device("cpu")) / memory.GB)
     shapes = []
     original = Predictor._run
-    monkeypatch.setattr(Predictor, "_run", lambda self, model, t, *a, **k: (
-        shapes.append(tuple(t.shape)), original(self, model, t, *a, **k))[1])
+    monkeypatch.setattr(Predictor, "_run", lambda self, t, *a, **k: (
+        shapes.append(tuple(t.shape)), original(self, t, *a, **k))[1])
     with pytest.raises(memory.MemoryBudgetError, match="mini-context size 4 needs about"):
         predictor.predict(target, images, labels)
     assert (16, 16, 16) not in shapes  # only the tiny-grid trace ran
@@ -202,8 +202,7 @@ def test_traced_estimate_bounds_the_tensor_memory_of_a_real_run():
     estimate = predictor.peak_bytes((32, 32, 32), 3, 2, 2)
     with torch.inference_mode():
         real = memory.traced_peak_bytes(
-            lambda: predictor._run(predictor.model, target,
-                                   ContextPairs(images, labels, target.shape), 2))
+            lambda: predictor._run(target, ContextPairs(images, labels, target.shape), 2))
     assert 0.5 * estimate <= real <= estimate
 
 
@@ -212,18 +211,18 @@ import json, sys, torch
 from neuroverse_bids.model import Neuroverse3D
 from neuroverse_bids.model import predictor as predictor_module
 from neuroverse_bids.model.predictor import Predictor
-from neuroverse_bids.model import memory
-m, heap = int(sys.argv[1]), sys.argv[2]  # the m the budget allows: between the needs of m and m + 1
+from neuroverse_bids.model.engine import memory
+m = int(sys.argv[1])  # the m the budget allows: between the needs of m and m + 1
 predictor_module.CPU_AUTO_MAX = 4  # the search, not the CPU cap
 torch.manual_seed(0)
 shape, pairs = (80, 80, 80), 4
 target, images = torch.rand(shape), torch.rand((pairs, *shape))
 labels = (torch.rand((pairs, *shape)) > 0.5).float()
 predictor = Predictor(Neuroverse3D(channels=(8, 16, 32)), device="cpu", precision="float32",
-                      mini_context_size="auto", cpu_heap=heap)
+                      mini_context_size="auto")
 peaks = [predictor.peak_bytes(shape, pairs, 1, size) for size in (m, m + 1)]
 rss = memory.process_rss_bytes()
-margin = memory.safety(predictor.device, predictor.cpu_heap)
+margin = memory.safety(predictor.device)
 need, need_next = (memory.required_bytes(peak, rss, margin) for peak in peaks)
 predictor.memory_gb = (need + need_next) / 2 / memory.GB
 predictor.predict(target, images, labels)
@@ -233,12 +232,11 @@ print(json.dumps({"peak": peak, "budget": predictor.budget_bytes,
 """
 
 
-@pytest.mark.parametrize("m,heap", [(1, "fresh"), (2, "fresh"), (1, "reuse")])
-def test_measured_peak_rss_stays_under_the_budget(tmp_path, m, heap):
-    """In a fresh process: auto m under a budget that allows m of 4 pairs at once, with each
-    CPU heap policy's margin."""
+@pytest.mark.parametrize("m", [1, 2])
+def test_measured_peak_rss_stays_under_the_budget(tmp_path, m):
+    """In a fresh process: auto m under a budget that allows m of 4 pairs at once."""
     # cwd outside the checkout: the source folders must not shadow the installed package
-    proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(m), heap], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(m)], capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -248,14 +246,15 @@ def test_measured_peak_rss_stays_under_the_budget(tmp_path, m, heap):
 
 def test_autocast_bfloat16_forward_of_a_float32_model_uses_plain_ops():
     """Under ``torch.autocast`` (training validation) activations are bfloat16 while weights
-    stay float32: the fused oneDNN kernels must not be used then (they need equal dtypes)."""
-    from neuroverse_bids.model.network import fusable
+    stay float32: the engine's fused oneDNN kernels must not apply then (they need equal
+    dtypes), and the reference forward runs with or without gradients alike."""
+    from neuroverse_bids.model.engine.kernels import fusable
 
     model = _tiny(seed=3).to(memory_format=torch.channels_last_3d).eval()
     target, images, labels = _volumes((16, 16, 16), pairs=2, seed=3)
     args = (target[None, None], images[None, :, None], labels[None, :, None])
     assert not fusable(torch.zeros(1, 4, 2, 2, 2, dtype=torch.bfloat16), model.context_unet
-                       .enc_blocks[0].context_conv.module.layers[0].weight)
+                       .blocks[0].convs[0].weight)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.no_grad():
             fused = model(*args)
@@ -266,27 +265,6 @@ def test_autocast_bfloat16_forward_of_a_float32_model_uses_plain_ops():
     assert error <= 1e-2, error
 
 
-REUSE_SCRIPT = """
-import json, resource, torch
-from neuroverse_bids.model import memory
-
-def faults_of_second_allocation():
-    torch.ones(2 ** 26)  # 256 MB, touched, freed
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.ones(2 ** 25)  # 128 MB: fits in the freed block whatever the alignment padding
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-with memory.cpu_heap("reuse"):
-    with memory.cpu_heap("fresh"):  # nested: the outer policy holds
-        pass
-    inside = faults_of_second_allocation()
-    rss_holding = memory.process_rss_bytes()  # the freed 256 MB stay in the heap
-rss_after = memory.process_rss_bytes()
-outside = faults_of_second_allocation()
-print(json.dumps([inside, outside, rss_holding - rss_after]))
-"""
-
-
 def _run_script(script: str, tmp_path, **env) -> list:
     """Run ``script`` in a fresh process (its heap has no history) -> its last JSON line."""
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -295,22 +273,9 @@ def _run_script(script: str, tmp_path, **env) -> list:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
-def test_freed_memory_is_reused_inside_a_reuse_block_and_returned_after(tmp_path):
-    """Freed memory serves the next block without page faults inside the block; outside it,
-    glibc maps every big block afresh (32,768 faults for 128 MB; 64 with huge pages).
-
-    (A block of exactly the freed size is not always served from the hole: torch asks for an
-    aligned block, for which glibc needs a little more, and any small allocation made next to
-    the hole in between pins it. One reason why ``fresh`` is the default.)"""
-    inside, outside, returned = _run_script(REUSE_SCRIPT, tmp_path)
-    assert inside < 32 and outside >= 64, (inside, outside)
-    assert returned > 2 ** 27  # and go back to the system on leaving
-
-
 FRAGMENTATION_SCRIPT = """
 import json, torch
-from neuroverse_bids.model import memory
+from neuroverse_bids.model.engine import memory
 
 def rss_returned_after_freeing():
     big, small = [], []
@@ -321,7 +286,7 @@ def rss_returned_after_freeing():
     del big
     return holding - memory.process_rss_bytes()
 
-with memory.cpu_heap("fresh"):
+with memory.fresh_heap():
     inside = rss_returned_after_freeing()
 outside = rss_returned_after_freeing()  # threshold 32 MB after a fresh block: the heap
 print(json.dumps([inside, outside]))
@@ -332,42 +297,39 @@ print(json.dumps([inside, outside]))
 def test_fresh_heap_returns_freed_activations_despite_fragmentation(tmp_path):
     """In a fresh process: 32 blocks of 4 MB, each followed by a small long-lived one (as
     tensors' metadata and oneDNN's caches are): glibc's heap keeps the freed 128 MB, a
-    ``fresh`` block returns it."""
+    :func:`fresh_heap` block returns it."""
     inside, outside = _run_script(FRAGMENTATION_SCRIPT, tmp_path)
     assert inside > 120 * 2 ** 20 and outside < 32 * 2 ** 20, (inside, outside)
-    with pytest.raises(ValueError, match="heap policy"):
-        with memory.cpu_heap("jemalloc"):
-            pass
 
 
 def test_accumulating_bfloat16_features_into_float32_sums_is_exact(monkeypatch):
-    from neuroverse_bids.model import predictor
+    from neuroverse_bids.model import apsp
 
-    monkeypatch.setattr(predictor, "SLAB_BYTES", 8 * 240)  # slabs of 8 planes, the last of 5
+    monkeypatch.setattr(apsp, "SLAB_BYTES", 8 * 240)  # slabs of 8 planes, the last of 5
 
     gen = torch.Generator().manual_seed(0)
     total = torch.randn(1, 3, 37, 5, 4, generator=gen).contiguous(memory_format=torch.channels_last_3d)
     part = torch.randn(1, 3, 37, 5, 4, generator=gen).to(torch.bfloat16)
     part = part.contiguous(memory_format=torch.channels_last_3d)
     expected = total + part.float()
-    assert torch.equal(predictor.accumulate_(total, part), expected)
+    assert torch.equal(apsp.add_(total, part), expected)
 
 
 def test_auto_precision_honours_the_agreement_recorded_in_the_checkpoint(tmp_path, monkeypatch):
     """A checkpoint whose recorded bfloat16 masks or images miss the targets runs in float32
     under auto, without measuring; a passing record leaves the decision to the measurement."""
-    from neuroverse_bids.model import predictor
     from neuroverse_bids.model.checkpoint import record_precision_agreement, save_checkpoint
+    from neuroverse_bids.model.engine import precision
 
-    monkeypatch.setattr(predictor, "native_bfloat16", lambda device: True)
-    monkeypatch.setattr(predictor, "reduced_precision_error", lambda *a, **k: 1e-3)
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(precision, "reduced_precision_error", lambda *a, **k: 1e-3)
     path = save_checkpoint(_tiny(), tmp_path / "model.safetensors")
     failing = {"dice_min": 0.8, "psnr_min_db": 54.5, "measured_on": "held-out, L=8"}
     record_precision_agreement(path, "bfloat16", failing)
     model = load_checkpoint(path)
     assert model.metadata["precision_agreement"]["bfloat16"] == failing
-    assert torch.equal(model.state_dict()["context_unet.context_embedding.module.weight"],
-                       _tiny().state_dict()["context_unet.context_embedding.module.weight"])
+    assert torch.equal(model.state_dict()["context_unet.embed.weight"],
+                       _tiny().state_dict()["context_unet.embed.weight"])
     auto = Predictor(model, device="cpu", precision="auto")
     assert auto.precision == "float32"
     assert "dice_min 0.8 < 0.99" in auto.precision_reason
@@ -387,3 +349,40 @@ def test_bfloat16_output_is_the_same_for_any_mini_context_size():
     assert outputs[0].abs().max() > 0
     for other in outputs[1:]:
         assert torch.equal(other, outputs[0])
+
+
+def test_the_bfloat16_self_check_is_cached_per_checkpoint(tmp_path, monkeypatch):
+    """auto precision reads the self-check's error from the cache folder (keyed by the
+    checkpoint's SHA256, dtype, device type, torch version); a corrupt entry is measured again
+    and rewritten."""
+    from neuroverse_bids.model.engine import precision
+
+    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: True)
+    path = save_checkpoint(_tiny(), tmp_path / "model.safetensors")
+    first = Predictor(load_checkpoint(path), device="cpu", precision="auto")
+    entries = list((tmp_path / "cache").rglob("*.json"))
+    assert len(entries) == 1 and first.reduced_precision_error > 0
+    record = json.loads(entries[0].read_text())
+    assert record["sha256"] == first.metadata["sha256"] and record["torch"] == torch.__version__
+    assert record["relative_l2"] == first.reduced_precision_error
+    entries[0].write_text(json.dumps(dict(record, relative_l2=0.5)))  # read, not measured
+    cached = Predictor(load_checkpoint(path), device="cpu", precision="auto")
+    assert cached.precision == "float32" and "0.5" in cached.precision_reason
+    entries[0].write_text("{not json")
+    again = Predictor(load_checkpoint(path), device="cpu", precision="auto")
+    assert again.reduced_precision_error == first.reduced_precision_error
+    assert json.loads(entries[0].read_text())["relative_l2"] == first.reduced_precision_error
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith(".")]
+
+
+def test_the_engine_computes_the_reference_network(official_small_ckpt, official_io):
+    """The engine (fused kernels, channels-last, split and folded weights) against the
+    reference network's plain forward on the same weights."""
+    model = load_checkpoint(official_small_ckpt)
+    args = (official_io["target_in"], official_io["context_in"], official_io["context_out"])
+    with torch.inference_mode():
+        reference = model(*args, mini_context_size=2)[0, 0]
+    engine = Predictor(model, device="cpu", precision="float32", mini_context_size=2)
+    out = engine.predict(args[0][0, 0], args[1][0, :, 0], args[2][0, :, 0])
+    assert (out - reference).abs().max().item() <= 1e-5

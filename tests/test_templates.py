@@ -108,3 +108,20 @@ def test_missing_template_is_a_clear_error_not_a_download(home, tmp_path, monkey
     monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "nowhere"))
     with pytest.raises(MissingInputError, match="does not exist"):
         get_template(DEMO_TEMPLATE)
+
+
+def test_missing_demo_template_comes_from_a_private_home_not_the_shared_one(tmp_path,
+                                                                             monkeypatch):
+    """The shared TEMPLATEFLOW_HOME (fMRIPrep reads it too) is never written."""
+    from neuroverse_bids.workflows.templates import resolve_template_files
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(shared))
+    files = resolve_template_files(DEMO_TEMPLATE, private_home=tmp_path / "work" / "templateflow")
+    assert all(p.is_relative_to(tmp_path / "work" / "templateflow") for p in files.values())
+    assert not list(shared.iterdir())
+    with pytest.raises(MissingInputError, match="prefetch"):  # others: fetched beforehand
+        resolve_template_files("MNI152NLin2009cAsym", private_home=tmp_path / "work" / "tf")
+    with pytest.raises(MissingInputError, match="must not be the shared"):
+        resolve_template_files(DEMO_TEMPLATE, private_home=shared)

@@ -11,7 +11,7 @@ from neuroverse_bids.model.training.manifest import (DatasetEntry, Manifest, Sub
 from neuroverse_bids.model.training.sampling import (DEFAULT_RATES, EpisodeSampler,
                                                      choose_classes, rotations)
 from neuroverse_bids.model.training.synthesis import GENERATION_TASKS, TASKS
-from neuroverse_bids.model.training.toy import make_toy_dataset
+from synthetic import make_toy_dataset
 
 SHAPE = (16, 16, 16)
 

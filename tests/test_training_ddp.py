@@ -55,7 +55,7 @@ def _torchrun(nproc: int, manifest: Path, out: Path) -> None:
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_two_gloo_ranks_match_one_process(tmp_path):
-    from neuroverse_bids.model.training.toy import make_toy_dataset
+    from synthetic import make_toy_dataset
 
     manifest = make_toy_dataset(tmp_path / "data", subjects=4, shape=(8, 8, 8), seed=4)
     _torchrun(2, manifest, tmp_path / "two")

@@ -10,7 +10,7 @@ from neuroverse_bids.model import load_checkpoint, save_checkpoint
 from neuroverse_bids.model.network import Neuroverse3D
 from neuroverse_bids.model.training import TrainConfig, Trainer
 from neuroverse_bids.model.training.cli import main as train_main
-from neuroverse_bids.model.training.toy import make_toy_dataset
+from synthetic import make_toy_dataset
 
 
 @pytest.fixture(scope="module")

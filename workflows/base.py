@@ -11,7 +11,8 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from .interfaces.geometry import RegisterToTemplate, ResampleToReference
-from .interfaces.icl import InContextPredict, NormaliseIntensity, StackContextSet
+from .interfaces.icl import (InContextPredict, NormaliseIntensity, SelectContextSet,
+                             StackContextSet)
 from .interfaces.labels import ExtractLabel, ProbabilitiesToMasks
 
 
@@ -56,6 +57,7 @@ def init_context_pair_wf(*, image: str, outputs: Sequence[str] = (),
 
 def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
                          inference: Optional[Dict] = None, sloppy: bool = False, seed: int = 0,
+                         icl_mem_gb: float = 4.0, icl_n_procs: int = 1,
                          name: str = "neuroverse3d_wf"):
     """In-context prediction for one native-space image.
 
@@ -71,6 +73,9 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
         native_outputs     the same, back in the native grid (linear interpolation)
         native_masks, native_dseg, template_masks, template_dseg   segmentation only (> 0.5)
         info               model name and sha256, precision, mini-context size, timings
+
+    ``icl_mem_gb``/``icl_n_procs``: what the scheduler reserves for the ICL node (its memory
+    plan for the model grid, and its threads).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(
@@ -84,7 +89,8 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
     to_grid = pe.Node(ResampleToReference(interpolation="linear"), name="to_grid")
     normalise = pe.Node(NormaliseIntensity(), name="normalise")
     icl = pe.Node(InContextPredict(model=model, output_names=list(output_names),
-                                   **(inference or {})), name="icl", mem_gb=4)
+                                   **(inference or {})), name="icl", mem_gb=icl_mem_gb,
+                  n_procs=icl_n_procs)
     to_native = pe.MapNode(ResampleToReference(interpolation="linear", invert=True),
                            iterfield=["in_file"], name="to_native")
     workflow.connect([
@@ -151,4 +157,21 @@ def init_context_set_wf(*, pairs: Sequence, subsets: Dict[str, Sequence[str]], t
             (merge_outputs, stack, [("out", "outputs")]),
             (stack, outputnode, [("context_set", key)]),
         ])
+    return workflow
+
+
+def init_cached_context_set_wf(*, context_pool: str, subsets: Dict[str, Sequence[str]],
+                               name: str = "context_set_wf"):
+    """One context set per subset of subjects, taken from a stacked pool built beforehand
+    (the context cache: :func:`init_context_set_wf` run once for every job).
+
+    ``context_pool``: npz of the pool (images [L,...], outputs [K,L,...], subjects [L]).
+    ``subsets``: key -> ordered subject labels; outputnode has one field ``<key>`` per subset.
+    """
+    workflow = pe.Workflow(name=name)
+    outputnode = pe.Node(niu.IdentityInterface(fields=list(subsets)), name="outputnode")
+    for key, subjects in subsets.items():
+        select = pe.Node(SelectContextSet(context_pool=context_pool, subjects=list(subjects)),
+                         name=f"stack_{key}")
+        workflow.connect([(select, outputnode, [("context_set", key)])])
     return workflow

@@ -52,7 +52,7 @@ LABEL_SUFFIXES = ("mask", "dseg")
 ANAT_IMAGE_SUFFIXES = ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2",
                        "PDT2", "angio", "T1map", "T2map", "T2starmap", "R1map", "R2map",
                        "R2starmap", "PDmap", "UNIT1")
-IGNORED_PATTERNS = ("*_xfm.*", "*.html", "figures", "logs", "group_volumes.tsv")
+IGNORED_PATTERNS = ("*_xfm.*", "*.html", "figures", "logs", "group_volumes.tsv", "cache")
 _VALUE = re.compile(r"^[A-Za-z0-9]+$")
 
 

@@ -6,8 +6,9 @@ from typing import Dict, List, Sequence
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from .base import init_context_set_wf, init_neuroverse3d_wf
+from .base import init_cached_context_set_wf, init_context_set_wf, init_neuroverse3d_wf
 from .derivatives import DerivativesDataSink
+from .interfaces.reports import ImageReportlets, SubjectReport
 
 
 def _merge_meta(info, static):
@@ -26,16 +27,21 @@ def _merge_meta(info, static):
 
 def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template: str,
                source_suffix: str, generated_suffix: str, static_meta: Dict,
-               name: str = "ds_wf"):
-    """Write one image's results as BIDS derivatives (the central DerivativesDataSink).
+               template_file: str = "", template_mask: str = "", name: str = "ds_wf"):
+    """Write one image's results as BIDS derivatives (the central DerivativesDataSink), then
+    its reportlets (:class:`ImageReportlets`: figures in ``sub-<label>/figures``).
 
     Inputs: ``source_file`` and the fields of :func:`init_neuroverse3d_wf`'s outputnode.
+    Outputs: ``derivatives`` (the files stored), ``report_facts`` (for :func:`init_report_wf`).
+    ``template_file``/``template_mask``: background and outline of the registration flicker.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "source_file", "forward_transform", "inverse_transform", "template_outputs",
         "native_outputs", "native_masks", "native_dseg", "template_masks", "template_dseg",
         "info"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["derivatives", "report_facts"]),
+                         name="outputnode")
     meta = pe.Node(niu.Function(function=_merge_meta, input_names=["info", "static"],
                                 output_names=["meta"]), name="meta")
     meta.inputs.static = static_meta
@@ -52,8 +58,10 @@ def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template:
             pick = pe.Node(niu.Select(index=select), name=f"pick_{node_name}")
             workflow.connect([(inputnode, pick, [(field, "inlist")]),
                               (pick, node, [("out", "in_file")])])
+        sinks.append(node)
         return node
 
+    sinks = []
     sink("forward_transform", {"from": source_suffix, "to": template, "mode": "image",
                                "suffix": "xfm", "extension": ".mat"}, "ds_xfm_forward")
     sink("inverse_transform", {"from": template, "to": source_suffix, "mode": "image",
@@ -71,6 +79,53 @@ def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template:
                      f"ds_{space}_{out_name}", select=index)
         if task == "segmentation" and len(output_names) > 1:
             sink(f"{space}_dseg", dict(extra, suffix="dseg"), f"ds_{space}_dseg")
+
+    stored = pe.Node(niu.Merge(len(sinks)), name="stored", run_without_submitting=True)
+    reportlets = pe.Node(ImageReportlets(output_dir=output_dir, task=task,
+                                         output_names=list(output_names), template=template),
+                         name="reportlets")
+    if template_file:
+        reportlets.inputs.template_file = template_file
+    if template_mask:
+        reportlets.inputs.template_mask = template_mask
+    outputs = "native_masks" if task == "segmentation" else "native_outputs"
+    workflow.connect(
+        [(node, stored, [("out_file", f"in{i}")]) for i, node in enumerate(sinks, start=1)] + [
+            (stored, reportlets, [("out", "derivatives")]),
+            (inputnode, reportlets, [("source_file", "source_file"), ("info", "info"),
+                                     ("forward_transform", "forward_transform"),
+                                     (outputs, outputs)]),
+            (stored, outputnode, [("out", "derivatives")]),
+            (reportlets, outputnode, [("facts", "report_facts")]),
+        ])
+    return workflow
+
+
+def init_report_wf(*, output_dir: str, subject: str, n_images: int, task: str,
+                   output_names: List[str], grid_reference: str, static_meta: Dict,
+                   name: str = "report_wf"):
+    """One subject's page from its images' reportlet facts and its context set.
+
+    Inputs: ``image0`` ... ``image<n_images - 1>`` (``report_facts`` of :func:`init_ds_wf`),
+    ``context_set``. Outputs: ``out_report`` (``sub-<label>.html``), ``out_facts`` (the JSON it
+    was rendered from, which :func:`~.reports.rebuild.rebuild_reports` reads).
+    """
+    workflow = pe.Workflow(name=name)
+    fields = [f"image{i}" for i in range(n_images)]
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields + ["context_set"]),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_report", "out_facts"]),
+                         name="outputnode")
+    images = pe.Node(niu.Merge(n_images), name="images", run_without_submitting=True)
+    report = pe.Node(SubjectReport(output_dir=output_dir, subject=subject, task=task,
+                                   output_names=list(output_names), static_meta=static_meta,
+                                   grid_reference=grid_reference), name="report")
+    workflow.connect(
+        [(inputnode, images, [(f, f"in{i}") for i, f in enumerate(fields, start=1)])] + [
+            (images, report, [("out", "images")]),
+            (inputnode, report, [("context_set", "context_set")]),
+            (report, outputnode, [("out_report", "out_report"), ("out_facts", "out_facts")]),
+        ])
     return workflow
 
 
@@ -79,28 +134,45 @@ def init_main_wf(*, targets: Dict[str, Sequence[str]], pairs: Sequence,
                  template_file: str, grid_reference: str, template: str, model: str,
                  output_names: List[str], task: str, degradation: str, output_dir: str,
                  source_suffix: str, generated_suffix: str, static_meta: Dict,
-                 inference: Dict, sloppy: bool, seed: int, name: str = "neuroverse3d_wf"):
-    """All participants of a run.
+                 inference: Dict, sloppy: bool, seed: int, context_pool: str = "",
+                 icl_resources: Dict = None, template_mask: str = "",
+                 name: str = "neuroverse3d_wf"):
+    """All participants of a run: per image the ICL workflow and the derivatives (with the
+    reportlets), per subject the report page.
 
     targets: subject -> its native images; subset_of: subject -> key of its context subset.
+    template_mask: the template's brain mask (outline of the registration flicker).
+    context_pool: the stacked pool of the context cache (then ``pairs`` are not registered
+    here); icl_resources: ``mem_gb``/``n_procs`` of each ICL node.
     """
     workflow = pe.Workflow(name=name)
-    context_wf = init_context_set_wf(pairs=pairs, subsets=subsets, task=task,
-                                     degradation=degradation, sloppy=sloppy, seed=seed)
-    context_wf.inputs.inputnode.template_file = template_file
-    context_wf.inputs.inputnode.grid_reference = grid_reference
+    if context_pool:
+        context_wf = init_cached_context_set_wf(context_pool=context_pool, subsets=subsets)
+    else:
+        context_wf = init_context_set_wf(pairs=pairs, subsets=subsets, task=task,
+                                         degradation=degradation, sloppy=sloppy, seed=seed)
+        context_wf.inputs.inputnode.template_file = template_file
+        context_wf.inputs.inputnode.grid_reference = grid_reference
+    resources = {f"icl_{k}": v for k, v in (icl_resources or {}).items()}
     for subject, images in targets.items():
+        report_wf = init_report_wf(output_dir=output_dir, subject=subject, n_images=len(images),
+                                   task=task, output_names=output_names,
+                                   grid_reference=grid_reference, static_meta=static_meta,
+                                   name=f"report_sub_{subject}_wf")
+        workflow.connect([(context_wf, report_wf, [(f"outputnode.{subset_of[subject]}",
+                                                    "inputnode.context_set")])])
         for index, image in enumerate(images):
             suffix = f"_{index}" if len(images) > 1 else ""
             icl_wf = init_neuroverse3d_wf(output_names=output_names, task=task, model=model,
                                           inference=inference, sloppy=sloppy, seed=seed,
-                                          name=f"sub_{subject}{suffix}_wf")
+                                          name=f"sub_{subject}{suffix}_wf", **resources)
             icl_wf.inputs.inputnode.in_file = str(image)
             icl_wf.inputs.inputnode.template_file = template_file
             icl_wf.inputs.inputnode.grid_reference = grid_reference
             ds_wf = init_ds_wf(output_dir=output_dir, output_names=output_names, task=task,
                                template=template, source_suffix=source_suffix,
                                generated_suffix=generated_suffix, static_meta=static_meta,
+                               template_file=template_file, template_mask=template_mask,
                                name=f"ds_sub_{subject}{suffix}_wf")
             ds_wf.inputs.inputnode.source_file = str(image)
             fields = ["forward_transform", "inverse_transform", "template_outputs",
@@ -110,5 +182,6 @@ def init_main_wf(*, targets: Dict[str, Sequence[str]], pairs: Sequence,
             workflow.connect([
                 (context_wf, icl_wf, [(f"outputnode.{subset_of[subject]}", "inputnode.context_set")]),
                 (icl_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields]),
+                (ds_wf, report_wf, [("outputnode.report_facts", f"inputnode.image{index}")]),
             ])
     return workflow

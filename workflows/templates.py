@@ -1,9 +1,12 @@
 """Templates, served offline through TemplateFlow.
 
-``fill_templateflow_home`` writes ``tpl-MNI152NLin2009aSym`` (1 mm) into a TemplateFlow home from
-the MNI152 2009a files that nilearn's wheel ships, so that nothing downloads at run time or in
-the tests. ``get_template`` looks a template up in ``$TEMPLATEFLOW_HOME`` (read at call time) and
-never downloads: a missing template is a :class:`MissingInputError` saying how to prefetch it.
+``get_template`` looks a template up in ``$TEMPLATEFLOW_HOME`` (read at call time) and never
+downloads: a missing template is a :class:`MissingInputError` saying how to prefetch it. The
+shared TemplateFlow home (which fMRIPrep and others read too) is never written:
+``resolve_template_files`` serves ``MNI152NLin2009aSym``, when that home lacks it, from a
+private home of the app (in its work folder) that ``fill_templateflow_home`` fills from the
+MNI152 2009a files in nilearn's wheel. The client is templateflow's ``TemplateFlowClient``
+(templateflow >= 25.1), one per home.
 
 nilearn ships a skull-stripped T1w and GM/WM probability maps (uint8, 197x233x189, 1 mm, RAS,
 origin -98,-134,-72 mm, world coordinates in MNI space). The brain mask is the support of the
@@ -157,11 +160,10 @@ def get_template(template_id: str, resolution: int = 1, home=None) -> dict:
     fix = (f"prefetch it with `TEMPLATEFLOW_HOME={home} python -c \"from templateflow.api import "
            f"get; get('{template_id}', resolution={resolution})\"` on a machine with internet, "
            "or point TEMPLATEFLOW_HOME at a folder that holds it")
-    if template_id == DEMO_TEMPLATE:
-        fix += (" (for this template, `python -c \"from neuroverse_bids.workflows.templates import "
-                f"fill_templateflow_home; fill_templateflow_home('{home}')\"` works offline)")
     if not home.is_dir():
         raise MissingInputError(f"TemplateFlow home {home} does not exist; {fix}")
+    if not (home / f"tpl-{template_id}").is_dir():  # before the client writes its skeleton there
+        raise MissingInputError(f"template {template_id} is not in TemplateFlow home {home}; {fix}")
     client = _client(home)
     queries = {"t1w": dict(suffix="T1w", desc=None),
                "brain_mask": dict(suffix="mask", desc="brain", label=None)}
@@ -176,3 +178,19 @@ def get_template(template_id: str, resolution: int = 1, home=None) -> dict:
                                     f"{what}; {fix}")
         found[key] = paths[0]
     return found
+
+
+def resolve_template_files(template_id: str, private_home) -> dict:
+    """:func:`get_template` in ``$TEMPLATEFLOW_HOME``; for :data:`DEMO_TEMPLATE`, when that home
+    lacks it, the copy made from nilearn's wheel in ``private_home`` (an app folder, never the
+    shared TemplateFlow home). Other templates must be prefetched."""
+    try:
+        return get_template(template_id)
+    except MissingInputError:
+        if template_id != DEMO_TEMPLATE:
+            raise
+    private_home = Path(private_home).absolute()
+    if private_home == templateflow_home():
+        raise MissingInputError(f"{private_home}: the app's private TemplateFlow home must not be "
+                                "the shared TEMPLATEFLOW_HOME; choose another work folder")
+    return get_template(template_id, home=fill_templateflow_home(private_home))

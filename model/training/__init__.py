@@ -3,13 +3,33 @@ the trainer and data-parallel helpers. ``neuroverse3d-train`` is :func:`.cli.mai
 
     from neuroverse_bids.model.training import Trainer, TrainConfig
     Trainer(TrainConfig(manifest="manifest.json", channels=[4, 8, 16], grid=[32, 32, 32])).fit()
-"""
-from .config import TrainConfig
-from .losses import gradient_loss, smooth_l3_l1, task_loss
-from .manifest import DatasetEntry, Manifest, Subject, load_manifest, save_manifest
-from .synthesis import DEGRADATIONS, TASKS, degrade
-from .trainer import Trainer
 
-__all__ = ["DEGRADATIONS", "DatasetEntry", "Manifest", "Subject", "TASKS", "TrainConfig",
-           "Trainer", "degrade", "gradient_loss", "load_manifest", "save_manifest",
-           "smooth_l3_l1", "task_loss"]
+The names below are the package's public interface (the BIDS-App's evaluation uses them). They
+are imported on first use, so that reading one module (e.g. the degradation registry in
+:mod:`.synthesis`) does not load the trainer.
+"""
+from importlib import import_module
+
+#: public name -> the module of this package that defines it
+_EXPORTS = {
+    "TrainConfig": "config",
+    "dice": "losses", "gradient_loss": "losses", "psnr": "losses", "smooth_l3_l1": "losses",
+    "task_loss": "losses",
+    "DatasetEntry": "manifest", "Manifest": "manifest", "Subject": "manifest",
+    "load_manifest": "manifest", "save_manifest": "manifest",
+    "VolumeLoader": "sampling",
+    "DEGRADATIONS": "synthesis", "SEGMENTATION": "synthesis", "TASKS": "synthesis",
+    "degrade": "synthesis", "make_pair": "synthesis",
+    "Trainer": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -10,10 +10,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..fileio import read_volume
 from ..intensity import normalise_intensity
 from .augment import AugmentConfig, augment_group
 from .manifest import DatasetEntry, Manifest
@@ -56,15 +58,23 @@ class VolumeLoader:
             self._cache.popitem(last=False)
         return volume
 
-    def _read(self, path, kind: str) -> Tensor:
-        import nibabel as nib
-        import numpy as np
+    def volumes(self, subject, task: str, classes: Sequence[int] = (),
+                modality: Optional[str] = None) -> Dict[str, Tensor]:
+        """What :func:`make_pair` needs of ``subject`` for ``task``: the image, and the binary
+        label of ``classes`` (segmentation), the brain mask (skull stripping) or the paired
+        ``modality`` image (modality transform)."""
+        volumes = {"image": self(subject.image)}
+        if task == SEGMENTATION:
+            label = self(subject.label, "label")
+            volumes["label"] = torch.isin(label, torch.tensor(list(classes), dtype=label.dtype))
+        elif task == "skull-stripping":
+            volumes["brain_mask"] = self(subject.brain_mask, "label")
+        elif task == "modality-transform":
+            volumes["paired"] = self(subject.paired[modality])
+        return volumes
 
-        data = np.asanyarray(nib.load(str(path)).dataobj)
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    def _read(self, path, kind: str) -> Tensor:
+        _, data = read_volume(path)
         if kind == "label":
             volume = torch.from_numpy(np.rint(data).astype(np.int16))
         else:
@@ -142,14 +152,7 @@ class EpisodeSampler:
         overlay = draw_overlay(task, generator, self.synthesis.overlay_prob)
         inputs, outputs = [], []
         for subject in subjects:
-            volumes = {"image": self.load(subject.image)}
-            if task == SEGMENTATION:
-                label = self.load(subject.label, "label")
-                volumes["label"] = torch.isin(label, torch.tensor(classes, dtype=label.dtype))
-            elif task == "skull-stripping":
-                volumes["brain_mask"] = self.load(subject.brain_mask, "label")
-            elif modality is not None:
-                volumes["paired"] = self.load(subject.paired[modality])
+            volumes = self.load.volumes(subject, task, classes, modality)
             source, target = make_pair(task, volumes, generator, overlay, self.synthesis)
             inputs.append(source)
             outputs.append(target)

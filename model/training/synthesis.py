@@ -1,14 +1,17 @@
 """Task synthesis: input/output pairs made on the fly from clean volumes.
 
-Every function takes a volume ``[D, H, W]`` (float, intensities in [0, 1]) and a seeded
+Every degradation takes a volume ``[D, H, W]`` (float, intensities in [0, 1]) and a seeded
 ``torch.Generator`` and returns a new ``[D, H, W]`` volume in [0, 1]; the same generator state
 gives the same result. Parameters follow the Neuroverse3D paper and are configurable through
 :class:`SynthesisConfig`.
 
-Public registry for other packages (the BIDS-App builds generation context pairs with it)::
+:data:`DEGRADATIONS` is the one registry of degradations: training (restoration tasks and
+random overlays), the BIDS-App's context spec (``--degradation``, the ``desc-`` of restored
+outputs) and its ICL node (synthetic context pairs) all read it::
 
     from neuroverse_bids.model.training.synthesis import DEGRADATIONS, degrade
     noisy = degrade("gaussian-noise", clean, torch.Generator().manual_seed(0))
+    DEGRADATIONS["gaussian-noise"].restored   # "denoised"
 """
 from __future__ import annotations
 
@@ -20,12 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SEGMENTATION = "segmentation"
-#: generation tasks made from one clean image (restoration: input degraded, output clean)
-RESTORATION_TASKS = ("bias-field", "gaussian-noise", "salt-pepper", "inpainting", "super-resolution")
-#: generation tasks that need more than the image
-SPECIAL_TASKS = ("2d-to-3d", "skull-stripping", "modality-transform")
-GENERATION_TASKS = RESTORATION_TASKS + SPECIAL_TASKS
-TASKS = (SEGMENTATION,) + GENERATION_TASKS
 
 
 @dataclass
@@ -163,18 +160,43 @@ def central_slices(image: Tensor) -> Tensor:
     return out
 
 
-#: name -> degradation(image [D,H,W] in [0,1], generator) -> [D,H,W] in [0,1]
-DEGRADATIONS: Dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {
-    "gaussian-noise": add_gaussian_noise,
-    "salt-pepper": add_salt_pepper,
-    "inpainting": add_inpainting_mask,
-    "bias-field": add_bias_field,
-    "downsample-x2": downsample_x2,
-}
+@dataclass(frozen=True)
+class Degradation:
+    """One synthetic degradation and the restoration task that undoes it.
+
+    ``name``: the degradation (context spec ``degradation``, ``--degradation``); ``task``: the
+    training task whose input it makes (output: the clean image); ``restored``: the ``desc-``
+    label of the BIDS-App's restored outputs; ``apply(image, generator, config)``.
+    """
+
+    name: str
+    task: str
+    restored: str
+    apply: Callable[[Tensor, torch.Generator, SynthesisConfig], Tensor]
+
+
+#: name -> :class:`Degradation`, in the order of the training tasks
+DEGRADATIONS: Dict[str, Degradation] = {d.name: d for d in (
+    Degradation("bias-field", "bias-field", "biascorrected",
+                lambda image, g, c: add_bias_field(image, g, c.bias_order, c.bias_scale)),
+    Degradation("gaussian-noise", "gaussian-noise", "denoised",
+                lambda image, g, c: add_gaussian_noise(image, g, c.noise_std)),
+    Degradation("salt-pepper", "salt-pepper", "despeckled",
+                lambda image, g, c: add_salt_pepper(image, g, c.salt_pepper_prob)),
+    Degradation("inpainting", "inpainting", "inpainted",
+                lambda image, g, c: add_inpainting_mask(image, g, c.perlin_cells,
+                                                        c.inpaint_fraction)),
+    Degradation("downsample-x2", "super-resolution", "superresolved",
+                lambda image, g, c: downsample_x2(image)),
+)}
 #: restoration task -> the degradation that makes its input
-TASK_DEGRADATION = {"bias-field": "bias-field", "gaussian-noise": "gaussian-noise",
-                    "salt-pepper": "salt-pepper", "inpainting": "inpainting",
-                    "super-resolution": "downsample-x2"}
+TASK_DEGRADATION: Dict[str, Degradation] = {d.task: d for d in DEGRADATIONS.values()}
+#: generation tasks made from one clean image (restoration: input degraded, output clean)
+RESTORATION_TASKS = tuple(TASK_DEGRADATION)
+#: generation tasks that need more than the image
+SPECIAL_TASKS = ("2d-to-3d", "skull-stripping", "modality-transform")
+GENERATION_TASKS = RESTORATION_TASKS + SPECIAL_TASKS
+TASKS = (SEGMENTATION,) + GENERATION_TASKS
 
 
 def degrade(name: str, image: Tensor, generator: torch.Generator,
@@ -182,17 +204,7 @@ def degrade(name: str, image: Tensor, generator: torch.Generator,
     """Apply the registered degradation ``name``; deterministic for a seeded generator."""
     if name not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {name!r}; choose from {', '.join(DEGRADATIONS)}")
-    cfg = config or SynthesisConfig()
-    image = image.float()
-    if name == "gaussian-noise":
-        return add_gaussian_noise(image, generator, cfg.noise_std)
-    if name == "salt-pepper":
-        return add_salt_pepper(image, generator, cfg.salt_pepper_prob)
-    if name == "inpainting":
-        return add_inpainting_mask(image, generator, cfg.perlin_cells, cfg.inpaint_fraction)
-    if name == "bias-field":
-        return add_bias_field(image, generator, cfg.bias_order, cfg.bias_scale)
-    return downsample_x2(image)
+    return DEGRADATIONS[name].apply(image.float(), generator, config or SynthesisConfig())
 
 
 def draw_overlay(task: str, generator: torch.Generator, prob: float = 0.05) -> list:
@@ -200,7 +212,7 @@ def draw_overlay(task: str, generator: torch.Generator, prob: float = 0.05) -> l
 
     Drawn once per group, so that every pair of a context set shows the same task.
     """
-    own = TASK_DEGRADATION.get(task)
+    own = TASK_DEGRADATION[task].name if task in TASK_DEGRADATION else None
     return [name for name in DEGRADATIONS
             if torch.rand((), generator=generator) < prob and name != own]
 
@@ -219,7 +231,7 @@ def make_pair(task: str, volumes: Dict[str, Tensor], generator: torch.Generator,
     if task == SEGMENTATION:
         source, target = image, volumes["label"].float()
     elif task in TASK_DEGRADATION:
-        source, target = degrade(TASK_DEGRADATION[task], image, generator, cfg), image
+        source, target = TASK_DEGRADATION[task].apply(image, generator, cfg), image
     elif task == "2d-to-3d":
         source, target = central_slices(image), image
     elif task == "skull-stripping":

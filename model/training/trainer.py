@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import fields
@@ -27,6 +25,7 @@ from typing import Dict, Optional
 import torch
 
 from ..checkpoint import load_checkpoint, record_precision_agreement, save_checkpoint
+from ..fileio import write_atomic
 from ..network import Neuroverse3D
 from .agreement import precision_agreement
 from .augment import AugmentConfig
@@ -61,19 +60,6 @@ def _dataclass_with(cls, overrides: dict):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-
-
-def torch_save_atomic(payload: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class Trainer:
@@ -147,7 +133,8 @@ class Trainer:
         """Resume state and the project-format model, both written atomically (rank 0)."""
         if not self.ctx.is_main:
             return
-        torch_save_atomic(self.state_dict(), self.out / STATE_FILE)
+        state = self.state_dict()
+        write_atomic(self.out / STATE_FILE, lambda tmp: torch.save(state, tmp))
         save_checkpoint(self.model, self.out / "model.safetensors", grid=self.grid_metadata(),
                         provenance=self.provenance())
 

@@ -123,17 +123,19 @@ def classify(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def load_mni152(work_dir) -> Source:
-    """MNI152 2009a (nilearn) with CSF/GM/WM labels; the TemplateFlow copy goes to ``work_dir``."""
-    from ..demo import load_template_arrays
-
+    """MNI152 2009a (nilearn) with CSF/GM/WM labels; the TemplateFlow copy goes to
+    ``work_dir/templateflow``. The T1w is scaled to [0, 1]."""
     home = fill_templateflow_home(Path(work_dir) / "templateflow")
-    arrays = load_template_arrays(home)
-    winner = np.stack([1.0 - arrays["gm"] - arrays["wm"], arrays["gm"], arrays["wm"]]).argmax(0)
-    tissue = np.where(arrays["mask"] > 0, winner + TISSUE["CSF"], 0).astype(np.int16)
     prefix = home / f"tpl-{DEMO_TEMPLATE}" / f"tpl-{DEMO_TEMPLATE}_res-1"
-    return Source("MNI152NLin2009aSym", arrays["t1w"], tissue, np.zeros_like(tissue),
-                  arrays["img"].affine,
-                  [f"{prefix}_{s}.nii.gz" for s in ("T1w", "label-GM_probseg", "label-WM_probseg")])
+    files = {name: f"{prefix}_{name}.nii.gz"
+             for name in ("T1w", "desc-brain_mask", "label-GM_probseg", "label-WM_probseg")}
+    img = nb.load(files["T1w"])
+    t1w, mask, gm, wm = (np.asanyarray(nb.load(path).dataobj, dtype=np.float32)
+                         for path in files.values())
+    winner = np.stack([1.0 - gm - wm, gm, wm]).argmax(0)
+    tissue = np.where(mask > 0, winner + TISSUE["CSF"], 0).astype(np.int16)
+    return Source("MNI152NLin2009aSym", t1w / t1w.max(), tissue, np.zeros_like(tissue),
+                  img.affine, list(files.values()))
 
 
 def load_colin27(folder=None) -> Source:

@@ -1,12 +1,14 @@
-"""Synthetic subjects from an atlas on the model grid, and whole training/evaluation sets.
+"""THE synthetic-subject generator: an atlas seen through a random deformation, with a T1w or
+a SynthSeg-style image. The training data (``neuroverse3d-make-training-data``), the demo
+dataset (``neuroverse3d-demo-data``) and the tests' toy data all draw their subjects here.
 
-A subject is the atlas seen through a random deformation: a small affine (scale, rotation)
-plus a smooth displacement (``model.training.augment.random_smooth_deformation``), applied with
-``warp`` (labels nearest, image trilinear). Its image is either the warped real T1w (``t1``) or a
-SynthSeg-style image drawn from the warped label map (``synth``): every label gets a random
-mean and standard deviation, then partial-volume blur, gamma, a Legendre bias field
-(``model.training.synthesis.add_bias_field``) and Gaussian noise; the result goes through the
-one intensity normaliser. GIN contrast is left to the trainer's augmentation.
+A subject is the atlas on its grid seen through a random pose (scale and rotation about the
+grid centre) plus a smooth displacement (``model.training.augment.random_smooth_deformation``),
+applied with ``warp`` (labels nearest, image trilinear). Its image is either the warped real
+T1w (``t1``) or a SynthSeg-style image drawn from the warped label map (``synth``): every label
+gets a random mean and standard deviation, then partial-volume blur and gamma. Both then get a
+Legendre bias field (``model.training.synthesis.add_bias_field``) and Gaussian noise and go
+through the one intensity normaliser. GIN contrast is left to the trainer's augmentation.
 
 Everything is drawn from one ``torch.Generator`` seeded by :func:`subject_seed` (the dataset
 seed, the dataset name and the subject index), so a subject is the same whatever the number of
@@ -55,17 +57,25 @@ def subject_seed(seed: int, dataset: str, index: int) -> int:
     return int(digest[:15], 16)
 
 
-def random_displacement(shape: Sequence[int], generator: torch.Generator,
-                        cfg: SubjectConfig) -> torch.Tensor:
-    """Affine (scale, rotation about the centre) plus smooth displacement, ``[3, D, H, W]`` voxels."""
+def random_deformation(shape: Sequence[int], generator: torch.Generator, cfg: SubjectConfig):
+    """-> (pose ``[4, 4]``, smooth ``[3, D, H, W]``, displacement ``[3, D, H, W]``), in voxels.
+
+    ``pose`` maps an output voxel p to ``R S (p - c) + c`` (per-axis scale, then rotation,
+    about the grid centre c); ``smooth`` is the smooth displacement added to it; ``displacement`` is the
+    total, ``out(p) = atlas(p + displacement(p))`` (see ``warp``).
+    """
     grid = identity_coords(shape)
-    centre = torch.tensor([(s - 1) / 2 for s in shape]).view(3, 1, 1, 1)
+    centre = torch.tensor([(s - 1) / 2 for s in shape])
     scale = torch.diag(torch.tensor([uniform(generator, *cfg.scale) for _ in range(3)]))
     angles = [math.radians(uniform(generator, -cfg.rotation_deg, cfg.rotation_deg)) for _ in range(3)]
     matrix = rotation_matrix(angles) @ scale
-    moved = torch.einsum("ij,jdhw->idhw", matrix, grid - centre) + centre
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[:3, :3] = matrix
+    pose[:3, 3] = (centre - matrix @ centre).double()
+    about = centre.view(3, 1, 1, 1)
+    moved = torch.einsum("ij,jdhw->idhw", matrix, grid - about) + about
     smooth = random_smooth_deformation(shape, generator, cfg.deform_voxels, cfg.deform_points)
-    return moved - grid + smooth
+    return pose, smooth, moved - grid + smooth
 
 
 def synthesize_image(dseg: torch.Tensor, generator: torch.Generator, cfg: SubjectConfig) -> torch.Tensor:
@@ -87,7 +97,9 @@ def synthesize_image(dseg: torch.Tensor, generator: torch.Generator, cfg: Subjec
 def make_subject(atlas: Atlas, kind: str, generator: torch.Generator,
                  cfg: Optional[SubjectConfig] = None,
                  exclude: Sequence[int] = ()) -> Dict[str, torch.Tensor]:
-    """One subject on the atlas grid -> ``image`` float32 [0, 1], ``dseg`` int16, ``brain_mask`` uint8.
+    """One subject on the atlas grid -> ``image`` float32 [0, 1], ``dseg`` int16, ``brain_mask``
+    uint8, and what was drawn: ``pose`` (float64 ``[4, 4]``, output voxel -> atlas voxel before
+    the smooth displacement) and ``max_smooth_voxels`` (largest norm of that displacement).
 
     ``exclude``: label values replaced by the tissue class beneath them *before* the image is
     drawn, so these structures exist neither as labels nor as their own intensity.
@@ -99,7 +111,7 @@ def make_subject(atlas: Atlas, kind: str, generator: torch.Generator,
     if exclude:
         hidden = torch.isin(dseg, torch.tensor(list(exclude), dtype=dseg.dtype))
         dseg[hidden] = atlas.tissue[hidden]
-    displacement = random_displacement(dseg.shape, generator, cfg)
+    pose, smooth, displacement = random_deformation(dseg.shape, generator, cfg)
     dseg = warp(dseg.float(), displacement, "nearest").round().to(torch.int16)
     if kind == "t1":
         image = warp(atlas.image, displacement, "bilinear").clamp(0, 1)
@@ -109,4 +121,5 @@ def make_subject(atlas: Atlas, kind: str, generator: torch.Generator,
     noise = uniform(generator, *cfg.noise_std) * torch.randn(image.shape, generator=generator)
     image = torch.from_numpy(normalise_intensity((image + noise).clamp_min(0).numpy()))
     brain = torch.isin(dseg, torch.tensor(BRAIN_LABELS, dtype=dseg.dtype)).to(torch.uint8)
-    return {"image": image, "dseg": dseg, "brain_mask": brain}
+    return {"image": image, "dseg": dseg, "brain_mask": brain, "pose": pose,
+            "max_smooth_voxels": smooth.norm(dim=0).max()}

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuroverse3d-demo-data",
         description="Write a synthetic BIDS dataset (subjects made from the MNI152 2009a "
-                    "template: random affine, smooth deformation, bias, noise) with labels, "
+                    "template by the training data's subject generator: random pose, smooth "
+                    "deformation, bias, noise) with labels, "
                     "a TemplateFlow home and a context spec. Runs offline.")
     parser.add_argument("--version", action="version", version=f"neuroverse3d {__version__}")
     parser.add_argument("out", type=Path, help="output folder")

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 from .. import __version__
 from ..errors import EXIT_OK, run_with_exit_codes
 from ..model.training.manifest import DatasetEntry, Manifest, Subject, save_manifest
+from .options import ExitCode64Parser
 from ..workflows.errors import (MissingInputError, NothingSelectedError, OutputError,
                                 UsageError)
 
@@ -116,8 +117,8 @@ def build_dataset(root: Path, derivatives: List[Path], args) -> DatasetEntry:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neuroverse3d-manifest",
-                                     description="Build a Neuroverse3D training manifest from BIDS data.")
+    parser = ExitCode64Parser(prog="neuroverse3d-manifest",
+                              description="Build a Neuroverse3D training manifest from BIDS data.")
     parser.add_argument("--version", action="version", version=f"neuroverse3d {__version__}")
     parser.add_argument("bids_dirs", nargs="+", type=Path, help="BIDS dataset folders")
     parser.add_argument("--derivatives", nargs="*", type=Path, default=None,

@@ -1,7 +1,23 @@
-"""Inference options shared by ``neuroverse3d`` and ``neuroverse3d-predict``."""
+"""Command-line pieces shared by the programs: the exit-64 parser, argument types and the
+inference options of ``neuroverse3d`` and ``neuroverse3d-predict``."""
 from __future__ import annotations
 
 import argparse
+
+
+class ExitCode64Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on usage errors; the BIDS-App spec (sysexits) says 64."""
+
+    def error(self, message):
+        self.print_usage()
+        self.exit(64, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
 
 
 def mini_context_size(value: str):
@@ -23,6 +39,25 @@ def positive_float(value: str) -> float:
     return number
 
 
+_UNITS = {"": 1 / 1024, "k": 1 / 1024 ** 2, "m": 1 / 1024, "g": 1.0, "t": 1024.0}
+
+
+def memory_size(value: str) -> float:
+    """A memory size in GB from ``8GB``, ``8G``, ``512MB``, ``1.5T`` or a plain number of MB
+    (``8000``, as fMRIPrep's ``--mem``)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(value))
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a memory size such as 8GB, 16G, 512MB or "
+                                         f"8000 (MB), got {value!r}")
+    gigabytes = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not match.group(2) and gigabytes < 0.25:
+        raise argparse.ArgumentTypeError(f"{value!r} is read as {value} MB (a plain number is MB, "
+                                         f"as in fMRIPrep); write {value}GB for gigabytes")
+    return gigabytes
+
+
 def add_inference_options(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("Inference")
     group.add_argument("--device", default="auto",
@@ -37,9 +72,12 @@ def add_inference_options(parser: argparse.ArgumentParser):
                        metavar="N|auto",
                        help="context pairs processed at once (APSP); auto picks the largest that "
                             "fits in --mem (default: auto)")
-    group.add_argument("--mem", "--mem-gb", dest="mem_gb", type=positive_float, default=None,
-                       metavar="GB", help="memory budget for inference in GB (default: a safe "
-                                          "fraction of free RAM or GPU memory)")
+    group.add_argument("--mem", dest="mem_gb", type=memory_size, default=None, metavar="SIZE",
+                       help="memory budget: 8GB, 16G, 512MB, or a plain number of MB (8000, as "
+                            "in fMRIPrep); for neuroverse3d the scheduler's total (default: a "
+                            "safe fraction of free RAM or GPU memory)")
+    group.add_argument("--mem-gb", dest="mem_gb", type=positive_float, default=None,
+                       metavar="GB", help="the same as --mem, in GB")
     return group
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..context_spec import DEFAULT_NUM_CONTEXTS, DEGRADATIONS
-from .options import add_inference_options
+from .boutiques import BoutiquesAction
+from .options import ExitCode64Parser, add_inference_options, memory_size, positive_int
 
 DEFAULT_TEMPLATE = "MNI152NLin2009cAsym"
 
@@ -19,23 +20,8 @@ def _strip_ses(value: str) -> str:
     return value[4:] if value.startswith("ses-") else value
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-class _ExitCode64Parser(argparse.ArgumentParser):
-    """argparse exits with 2 on usage errors; the BIDS-App spec (sysexits) says 64."""
-
-    def error(self, message):
-        self.print_usage()
-        self.exit(64, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ExitCode64Parser(
+    parser = ExitCode64Parser(
         prog="neuroverse3d",
         description="Neuroverse3D: 3D in-context learning on BIDS datasets. Segments any structure "
                     "or performs any generation task that a small set of example pairs (the "
@@ -48,11 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="processing stage: participant (per subject) or group")
     parser.add_argument("--version", action="version", version=f"neuroverse3d {__version__}")
+    parser.add_argument("--boutiques", action=BoutiquesAction)
 
     bids = parser.add_argument_group("Options for filtering BIDS queries")
     bids.add_argument("--participant-label", "--participant_label", dest="participant_label",
                       nargs="+", type=_strip_sub, metavar="LABEL",
                       help="subjects to process, with or without 'sub-' (default: all)")
+    bids.add_argument("--participant-label-file", type=Path, metavar="FILE",
+                      help="a text file of subjects to process, one label a line ('sub-' "
+                           "optional, '#' starts a comment); added to --participant-label")
     bids.add_argument("--session-label", "--session_label", dest="session_label", nargs="+",
                       type=_strip_ses, metavar="LABEL", help="sessions to process (default: all)")
     bids.add_argument("--bids-filter-file", dest="bids_filters", type=Path, metavar="FILE",
@@ -78,10 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="generation with explicit pairs: the context output suffix (e.g. T2w)")
     context.add_argument("--degradation", choices=DEGRADATIONS,
                          help="generation with synthetic pairs: restore this degradation")
-    context.add_argument("--num-contexts", type=_positive_int, metavar="N",
+    context.add_argument("--num-contexts", type=positive_int, metavar="N",
                          help=f"context pairs per target (default: {DEFAULT_NUM_CONTEXTS} or the spec's)")
     context.add_argument("--context-seed", type=int, metavar="SEED",
                          help="seed of the context choice (default: 0 or the spec's)")
+
+    derivatives = parser.add_argument_group(
+        "Derivatives and the context cache", "Datasets a context spec can name, and where the "
+        "registered context set is kept for later runs and the other jobs of an array.")
+    derivatives.add_argument("-d", "--derivatives", action="append", metavar="NAME=PATH",
+                             help="a derivatives dataset (e.g. fmriprep=/data/derivatives/"
+                                  "fmriprep), referred to by NAME in the spec's \"dataset\" "
+                                  "(repeatable)")
+    derivatives.add_argument("--context-cache", type=Path, metavar="DIR",
+                             help="folder of the context cache (default: "
+                                  "<output_dir>/cache/context-sets); share it between jobs")
+    derivatives.add_argument("--icl-mem", dest="icl_mem_gb", type=memory_size, metavar="SIZE",
+                             help="memory budget of each in-context prediction (8GB, 8000 = "
+                                  "MB; default: the predictor's plan for the model grid)")
 
     workflow = parser.add_argument_group("Workflow configuration")
     workflow.add_argument("--model", type=Path, metavar="CKPT",
@@ -93,13 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "MNI152NLin2009aSym is served offline from nilearn's copy")
     workflow.add_argument("--sloppy", action="store_true",
                           help="coarse, fast registration (for testing only)")
+    workflow.add_argument("--random-seed", type=int, metavar="SEED",
+                          help="seed of every random choice of the run: the context choice "
+                               "(unless --context-seed), the synthetic degradations and the "
+                               "registration's metric sampling (default: the context seed)")
 
     add_inference_options(parser)
 
     perf = parser.add_argument_group("Options to handle performance")
-    perf.add_argument("--nprocs", "--nthreads", "--n_cpus", dest="nprocs", type=_positive_int,
+    perf.add_argument("--nprocs", "--nthreads", "--n_cpus", dest="nprocs", type=positive_int,
                       metavar="N", help="maximum number of parallel processes (default: all CPUs)")
-    perf.add_argument("--omp-nthreads", type=_positive_int, metavar="N",
+    perf.add_argument("--omp-nthreads", type=positive_int, metavar="N",
                       help="maximum threads per process (default: --nprocs)")
     perf.add_argument("--use-plugin", type=Path, metavar="FILE",
                       help="Nipype plugin settings file (YAML or JSON), e.g. for SLURM or SGE")
@@ -111,5 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="working folder for intermediate results; rerun with the same folder "
                             "to reuse finished steps (default: ./work in the current folder)")
     other.add_argument("-v", "--verbose", dest="verbose_count", action="count", default=0,
-                       help="more messages (repeat for more)")
+                       help="console: -v adds the app's and Nipype's INFO messages, -vv DEBUG "
+                            "(the run's log file in logs/ always has them)")
+    other.add_argument("--reports-only", action="store_true",
+                       help="only rebuild the reports in output_dir (subject pages and, if "
+                            "made before, the group page) from what the run saved there; "
+                            "nothing else runs")
+    other.add_argument("--config-file", type=Path, metavar="FILE",
+                       help="rerun with the arguments a run saved in "
+                            "<output_dir>/logs/neuroverse3d_<run id>_config.json; the flags "
+                            "given here override them, the positional arguments may be omitted")
     return parser

@@ -1,27 +1,40 @@
 """Participant level: check everything up front, build the workflow, run it."""
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+import numpy as np
 
 from .. import __version__
-from ..context_set import check_pair, find_context_pairs
+from ..context_set import Datasets, check_pair, find_context_pairs
 from ..context_spec import contexts_for, pick_context_pool, spec_from_args
-from ..workflows.errors import MissingInputError, NeuroverseError
+from ..workflows.errors import MissingInputError, NeuroverseError, UsageError
 
 LOGGER = logging.getLogger("neuroverse3d")
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "data" / "neuroverse3d_default.safetensors"
+#: the context cache under the output folder (``--context-cache`` elsewhere); .bidsignore'd
+CACHE_FOLDER = Path("cache") / "context-sets"
 
 
 @dataclass
 class ParticipantPlan:
-    workflow: object
+    """Everything checked and chosen before any work: the workflow is made by :func:`run_workflow`
+    once the context set is in the cache (its status goes into the sidecars)."""
+
     output_dir: Path
     work_dir: Path
     subjects: List[str]
+    workflow_args: Dict = field(default_factory=dict)    # init_main_wf keyword arguments
+    cache_dir: Optional[Path] = None
+    cache_request: Dict = field(default_factory=dict)    # what the context pool depends on
+    build_args: Dict = field(default_factory=dict)       # context_cache.build_pool arguments
+    workflow: object = None
 
 
 def resolve_model(path) -> Path:
@@ -40,27 +53,11 @@ def resolve_template(requested, model) -> str:
     return requested or (model.metadata.get("grid") or {}).get("template") or DEFAULT_TEMPLATE
 
 
-def template_files_for(template_id: str) -> Dict:
-    """The template's files from TemplateFlow's home. MNI152NLin2009aSym, when missing, is
-    written there from nilearn's wheel (offline) first; other templates must be prefetched."""
-    from ..workflows.errors import OutputError
-    from ..workflows.templates import (DEMO_TEMPLATE, fill_templateflow_home, get_template,
-                                       templateflow_home)
+def template_files_for(template_id: str, work_dir: Path) -> Dict:
+    """The template's files through TemplateFlow (never downloading; see workflows.templates)."""
+    from ..workflows.templates import resolve_template_files
 
-    try:
-        return get_template(template_id)
-    except MissingInputError:
-        if template_id != DEMO_TEMPLATE:
-            raise
-    home = templateflow_home()
-    LOGGER.info("writing %s into TemplateFlow home %s from nilearn's copy (offline)",
-                template_id, home)
-    try:
-        fill_templateflow_home(home)
-    except OSError as error:
-        raise OutputError(f"cannot write template {template_id} into TEMPLATEFLOW_HOME {home} "
-                          f"({error.strerror}); set TEMPLATEFLOW_HOME to a writable folder") from None
-    return get_template(template_id)
+    return resolve_template_files(template_id, private_home=work_dir / "templateflow")
 
 
 def write_grid_reference(template_files: Dict, grid: Dict, path: Path) -> Path:
@@ -69,6 +66,7 @@ def write_grid_reference(template_files: Dict, grid: Dict, path: Path) -> Path:
     import numpy as np
 
     from ..workflows.geometry import model_grid
+    from ..workflows.niftiio import write_atomic
 
     reference = model_grid(nb.load(str(template_files["brain_mask"])), grid["shape"],
                            grid["voxel_size_mm"])
@@ -77,8 +75,7 @@ def write_grid_reference(template_files: Dict, grid: Dict, path: Path) -> Path:
         if old.shape == reference.shape and np.allclose(old.affine, reference.affine):
             return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    nb.save(reference, str(path))
-    return path
+    return write_atomic(path, lambda tmp: nb.save(reference, tmp))
 
 
 def _subsets(subjects: List[str], pool: List[str], spec) -> (Dict, Dict):
@@ -93,14 +90,63 @@ def _subsets(subjects: List[str], pool: List[str], spec) -> (Dict, Dict):
     return subsets, subset_of
 
 
+def icl_resources(model, grid: Dict, structures: int, pairs: int, args) -> (Dict, Dict):
+    """What each ICL node reserves (``mem_gb`` from the predictor's memory plan for the model
+    grid, ``n_procs`` from --omp-nthreads) and the inference settings it runs with.
+
+    ``--mem`` is the scheduler's total; the plan must fit in it (else exit 64 before any work).
+    The node reserves its planned peak from that total (so the scheduler never runs more ICL
+    nodes than fit), runs the planned mini-context size, and checks it against its own
+    inference budget (``--icl-mem``, else ``--mem``, else a safe fraction of free memory). On
+    a GPU the plan is the GPU's, made when the node runs; the node reserves the host memory of
+    its arrays.
+    """
+    from ..model.predictor import Predictor, resolve_device
+
+    GB = 1024 ** 3
+
+    n_procs = args.omp_nthreads or args.nprocs or os.cpu_count() or 1
+    inference = {"device": args.device, "precision": args.precision,
+                 "mini_context_size": args.mini_context_size}
+    shape = list(grid["shape"])
+    arrays_gb = 4 * (1 + structures) * (pairs + 1) * int(np.prod(shape)) / GB
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if device.type != "cpu":
+        if args.icl_mem_gb:
+            inference["mem_gb"] = args.icl_mem_gb
+        return {"mem_gb": round(arrays_gb + 1.0, 2), "n_procs": n_procs}, inference
+    precision = args.precision if args.precision in ("float32", "bfloat16") else "float32"
+    budget = args.icl_mem_gb or args.mem_gb
+    predictor = Predictor(model, device="cpu", precision=precision,
+                          mini_context_size=args.mini_context_size, memory_gb=budget)
+    try:
+        chunk = predictor.plan(shape, pairs=pairs, structures=structures)
+    except ValueError as error:  # MemoryBudgetError: even one pair does not fit
+        raise UsageError(f"the ICL node cannot run within its memory budget: {error}") from None
+    mem_gb = round(predictor.last_required_bytes / GB + arrays_gb, 2)
+    if args.mem_gb and mem_gb > args.mem_gb:
+        raise UsageError(f"one ICL node needs about {mem_gb} GB for the {shape} grid with "
+                         f"{pairs} context pairs, more than --mem {args.mem_gb} GB; raise --mem or "
+                         "lower --mini-context-size")
+    inference["mini_context_size"] = chunk
+    if budget:
+        inference["mem_gb"] = budget
+    return {"mem_gb": mem_gb, "n_procs": n_procs}, inference
+
+
 def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path) -> ParticipantPlan:
-    from ..bids import (collect_anatomicals, load_layout, read_bids_filters, select_participants,
-                        validate_bids)
+    from .. import context_cache
+    from ..bids import (collect_anatomicals, load_layout, parse_derivatives, read_bids_filters,
+                        select_participants, validate_bids)
     from ..model import load_checkpoint
     from ..workflows.derivatives import write_dataset_description, write_dseg_tsv
-    from ..workflows.participant import init_main_wf
 
     validate_bids(bids_dir, skip=args.skip_bids_validation)
+    if not isinstance(getattr(args, "derivatives", None), dict):
+        args.derivatives = parse_derivatives(getattr(args, "derivatives", None))
     spec = spec_from_args(args)
     layout = load_layout(bids_dir, database_dir=work_dir / "bids_db")
     subjects = select_participants(layout, args.participant_label)
@@ -108,7 +154,7 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     targets = {s: collect_anatomicals(layout, s, sessions=args.session_label,
                                       filters=filters.get(spec.image_suffix.lower()),
                                       suffix=spec.image_suffix) for s in subjects}
-    pairs = find_context_pairs(spec, bids_dir)
+    pairs = find_context_pairs(spec, Datasets(bids_dir, work_dir / "bids_db", raw_layout=layout))
     pool = pick_context_pool(list(pairs), spec, subjects)
     for subject in pool:
         check_pair(pairs[subject])
@@ -121,7 +167,7 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
         raise NeuroverseError(f"{model_path}: the model has no input grid in its metadata; convert "
                               "it with neuroverse3d-convert (which records the grid)", exit_code=65)
     template = resolve_template(args.template, model)
-    template_files = template_files_for(template)
+    template_files = template_files_for(template, work_dir)
     grid_reference = write_grid_reference(template_files, grid,
                                           work_dir / "grid" / f"tpl-{template}_grid.nii.gz")
 
@@ -131,29 +177,70 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     else:
         output_names = [spec.output_name]
         generated_suffix = spec.output_suffix or spec.image_suffix
+    resources, inference = icl_resources(model, grid, len(output_names), spec.num_contexts, args)
     static_meta = {
         "ContextSpec": spec.to_dict(),
         "Template": template,
         "Software": f"neuroverse3d {__version__}",
     }
-    inference = {"device": args.device, "precision": args.precision,
-                 "mini_context_size": args.mini_context_size}
-    if args.mem_gb:
-        inference["mem_gb"] = args.mem_gb
-    workflow = init_main_wf(
-        targets=targets, pairs=[pairs[s] for s in pool], subsets=subsets, subset_of=subset_of,
+    pool_pairs = [pairs[s] for s in pool]
+    workflow_args = dict(
+        targets=targets, pairs=pool_pairs, subsets=subsets, subset_of=subset_of,
         template_file=str(template_files["t1w"]), grid_reference=str(grid_reference),
+        template_mask=str(template_files["brain_mask"]),
         template=template, model=str(model_path), output_names=output_names, task=spec.task,
         degradation=spec.degradation or "", output_dir=str(output_dir),
         source_suffix=spec.image_suffix, generated_suffix=generated_suffix,
-        static_meta=static_meta, inference=inference, sloppy=args.sloppy, seed=spec.seed)
-    workflow.base_dir = str(work_dir)
+        static_meta=static_meta, inference=inference, sloppy=args.sloppy, seed=spec.seed,
+        icl_resources=resources)
+    cache_dir = Path(args.context_cache).resolve() if getattr(args, "context_cache", None) \
+        else output_dir / CACHE_FOLDER
+    request = context_cache.pool_request(spec, pool_pairs, grid, template, template_files["t1w"],
+                                         args.sloppy)
+    build_args = dict(pairs=pool_pairs, template_file=template_files["t1w"],
+                      grid_reference=grid_reference, task=spec.task,
+                      degradation=spec.degradation or "", sloppy=args.sloppy, seed=spec.seed,
+                      work_dir=work_dir)
 
     write_dataset_description(output_dir, source_datasets=[{"path": str(bids_dir), "name": "raw"}],
                               version=__version__, container=_container())
     if spec.task == "segmentation" and len(output_names) > 1:
         write_dseg_tsv(output_dir, {i + 1: n for i, n in enumerate(output_names)})
-    return ParticipantPlan(workflow, output_dir, work_dir, subjects)
+    return ParticipantPlan(output_dir, work_dir, subjects, workflow_args, cache_dir, request,
+                           build_args)
+
+
+def prepare_context_set(plan: ParticipantPlan, plugin: Dict) -> Dict:
+    """Build the context pool into the cache once (or wait for the job building it), then make
+    the participant workflow read it. Returns the cache status (also in every sidecar)."""
+    from .. import context_cache
+
+    status = context_cache.ensure_entry(
+        plan.cache_dir, plan.cache_request,
+        lambda folder: context_cache.build_pool(folder, plugin=plugin, **plan.build_args))
+    pool_file = str(Path(status["Entry"]) / context_cache.POOL_FILE)
+    meta = dict(plan.workflow_args["static_meta"], ContextSet={
+        k: status[k] for k in ("CacheKey", "Reused", "SecondsPreparing") if k in status})
+    from ..workflows.participant import init_main_wf
+
+    plan.workflow = init_main_wf(**dict(plan.workflow_args, static_meta=meta,
+                                        context_pool=pool_file))
+    plan.workflow.base_dir = str(plan.work_dir)
+    log = plan.output_dir / "logs" / f"context-set_{status['CacheKey']}_{_job_tag()}.json"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(json.dumps(dict(status, Subjects=plan.subjects), indent=2, default=str) + "\n")
+    print(f"neuroverse3d: context set {status['CacheKey']} "
+          f"{'reused from' if status['Reused'] else 'built into'} {status['Entry']} "
+          f"({status['SecondsPreparing']:.1f} s)")
+    return status
+
+
+def _job_tag() -> str:
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        return f"job-{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    if "SLURM_JOB_ID" in os.environ:
+        return f"job-{os.environ['SLURM_JOB_ID']}"
+    return f"pid-{os.getpid()}_{int(time.time())}"
 
 
 def _container():
@@ -166,8 +253,25 @@ def _container():
 
 
 def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
+    if args.omp_nthreads:
+        os.environ["OMP_NUM_THREADS"] = str(args.omp_nthreads)
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
+    if "SLURM" in str(plugin["plugin"]).upper() and not os.environ.get("LOGNAME"):
+        import pwd  # Nipype's SLURM plugins read $LOGNAME (unset in containers, cron, CI)
+
+        os.environ["LOGNAME"] = pwd.getpwuid(os.getuid()).pw_name
+    from ..execution import report_crashes, reporting
+
+    crash_dir, started = plan.output_dir / "logs", time.time()
+    try:
+        with reporting(plugin) as build_plugin:
+            prepare_context_set(plan, build_plugin)
+    except RuntimeError as error:  # a node of the context build failed
+        crashes = [str(p) for p in report_crashes([plan.work_dir / "crash"], since=started)]
+        raise NeuroverseError(f"building the context set failed ({error}); crash reports: "
+                              f"{', '.join(crashes) or plan.work_dir / 'crash'}",
+                              exit_code=1) from None
     workflow = plan.workflow
-    crash_dir = plan.output_dir / "logs"
     workflow.config["execution"].update({
         "crashdump_dir": str(crash_dir),
         "crashfile_format": "txt",
@@ -176,21 +280,17 @@ def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
         "remove_unnecessary_outputs": False,
         "poll_sleep_duration": 0.1,  # MultiProc's scheduling loop (default 2 s per round)
     })
-    if args.omp_nthreads:
-        os.environ["OMP_NUM_THREADS"] = str(args.omp_nthreads)
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.omp_nthreads)
-    from ..logs import ProgressReporter
-
-    plugin = dict(plugin, plugin_args=dict(plugin["plugin_args"],
-                                           status_callback=ProgressReporter(workflow)))
     LOGGER.info("running %d participant(s) with the %s plugin", len(plan.subjects), plugin["plugin"])
     try:
-        workflow.run(**plugin)
-    except RuntimeError as error:
+        with reporting(plugin, workflow) as run_plugin:
+            workflow.run(**run_plugin)
+    except RuntimeError as error:  # Nipype ran every step it could; the others crashed
+        crashes = report_crashes([crash_dir], since=started)
         write_reports(plan)  # the reports list the crash files
-        crashes = sorted(str(p) for p in crash_dir.glob("crash-*"))
-        raise NeuroverseError(f"the workflow failed ({error}); crash reports: "
-                              f"{', '.join(crashes) or crash_dir}", exit_code=1) from None
+        raise NeuroverseError(
+            f"{len(crashes) or 'some'} step(s) failed ({str(error).splitlines()[0][:200]}): see "
+            f"the summaries above and the crash files in {crash_dir}; the outputs of the "
+            "participants whose steps all finished are written", exit_code=1) from None
     reports = write_reports(plan)
     print(f"neuroverse3d: finished {len(plan.subjects)} participant(s); outputs in {plan.output_dir}"
           + (f"; reports: {', '.join(str(r) for r in reports)}" if reports else ""))
@@ -198,13 +298,15 @@ def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
 
 
 def write_reports(plan: ParticipantPlan) -> List[Path]:
-    """One HTML report per participant; a report that cannot be made is logged, not fatal."""
-    from ..workflows.reports import build_subject_report
+    """Render each participant's page again with the crash files now in ``logs/`` (the report
+    nodes drew the figures and saved the facts during the run; a participant whose steps
+    failed gets a page with its errors). A report that cannot be made is logged, not fatal."""
+    from ..workflows.reports import render_subject_report
 
     reports = []
     for subject in plan.subjects:
         try:
-            reports.append(build_subject_report(plan.output_dir, subject, work_dir=plan.work_dir))
+            reports.append(render_subject_report(plan.output_dir, subject))
         except Exception as error:  # a report problem must not fail a finished run
             LOGGER.warning("no report for sub-%s: %s", subject, error)
     return reports

@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import run_with_exit_codes
-from ..workflows.errors import MissingInputError, OutputError, UsageError
+from ..logs import new_run_id, setup_console, setup_run_logging
+from ..workflows.errors import MissingInputError, NeuroverseError, OutputError, UsageError
+from .config_file import apply_saved_arguments, fill_appended, saved_arguments
 from .parser import build_parser
 
 LOGGER = logging.getLogger("neuroverse3d")
@@ -47,19 +49,46 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path):
                               "folder or fix its permissions") from None
 
 
-def setup_logging(verbose_count: int):
-    level = max(logging.WARNING - 10 * verbose_count, logging.DEBUG)
-    logging.basicConfig(level=logging.INFO if verbose_count else logging.WARNING,
-                        format="%(asctime)s | %(name)s | %(levelname)s | %(message)s")
-    LOGGER.setLevel(min(level, logging.INFO))
-    from nipype import logging as nlogging
+def read_participant_file(path: Path) -> list:
+    """Labels from ``--participant-label-file``: one a line, ``sub-`` optional, ``#`` comments."""
+    if not path.is_file():
+        raise MissingInputError(f"{path}: participant label file not found")
+    labels = []
+    for line in path.read_text().splitlines():
+        label = line.split("#", 1)[0].strip()
+        if label:
+            labels.append(label[4:] if label.startswith("sub-") else label)
+    if not labels:
+        raise UsageError(f"{path}: no participant labels in this file; write one label a line "
+                         "(e.g. 01 or sub-01)")
+    return labels
 
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        nlogging.getLogger(name).setLevel(level if verbose_count > 1 else logging.WARNING)
+
+def seed_everything(seed: int):
+    """``--random-seed``: Python's, NumPy's and PyTorch's global generators of this process."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def plugin_settings(args) -> dict:
-    """Nipype plugin and its arguments: ``--use-plugin`` file, else MultiProc / Linear."""
+    """Nipype plugin and its arguments: ``--use-plugin`` file, else MultiProc / Linear.
+
+    MultiProc runs as ``SafeMultiProc`` (``execution.py``): its workers die with this process
+    and log to the run's file.
+    """
+    from ..execution import register_plugin
+    from ..logs import current_log_file
+
     if args.use_plugin is not None:
         path = args.use_plugin
         if not path.is_file():
@@ -76,41 +105,86 @@ def plugin_settings(args) -> dict:
         if not isinstance(settings, dict) or "plugin" not in settings:
             raise UsageError(f"{path}: needs a 'plugin' key (and optionally 'plugin_args')")
         settings.setdefault("plugin_args", {})
-        return settings
-    nprocs = args.nprocs or os.cpu_count() or 1
-    if nprocs == 1:
-        return {"plugin": "Linear", "plugin_args": {}}
-    # forkserver, not fork: workers must not inherit the OpenMP thread pool that loading the
-    # model started in this process (torch in a forked child then deadlocks)
-    plugin_args = {"n_procs": nprocs, "raise_insufficient": False, "mp_context": "forkserver"}
-    if args.mem_gb:
-        plugin_args["memory_gb"] = args.mem_gb
-    return {"plugin": "MultiProc", "plugin_args": plugin_args}
+    else:
+        nprocs = args.nprocs or os.cpu_count() or 1
+        if nprocs == 1:
+            return {"plugin": "Linear", "plugin_args": {}}
+        # forkserver, not fork: workers must not inherit the OpenMP thread pool that loading
+        # the model started in this process (torch in a forked child then deadlocks)
+        settings = {"plugin": "MultiProc", "plugin_args": {
+            "n_procs": nprocs, "raise_insufficient": False, "mp_context": "forkserver"}}
+        if args.mem_gb:
+            settings["plugin_args"]["memory_gb"] = args.mem_gb
+    if settings["plugin"] == "MultiProc":
+        register_plugin()
+        log_file = current_log_file()
+        settings = {"plugin": "SafeMultiProc", "plugin_args": dict(
+            settings["plugin_args"], log_file=str(log_file) if log_file else None,
+            verbose=args.verbose_count)}
+    return settings
+
+
+def reports_only(args, output_dir: Path) -> int:
+    """``--reports-only``: rebuild the reports from what a run wrote (the facts its report
+    nodes saved, the crash files in ``logs/``); nothing else runs and nothing is locked."""
+    if not output_dir.is_dir():
+        raise MissingInputError(f"{output_dir}: no output folder to rebuild reports from; run "
+                                "the participant level first")
+    from ..workflows.reports.rebuild import rebuild_reports
+
+    pages = rebuild_reports(output_dir, participants=args.participant_label)
+    pages = [pages] if isinstance(pages, (str, Path)) else list(pages or [])
+    print(f"neuroverse3d: rebuilt {len(pages)} report(s)"
+          + (f": {', '.join(str(p) for p in pages)}" if pages else ""))
+    return 0
 
 
 def run(args) -> int:
-    setup_logging(args.verbose_count)
+    setup_console(args.verbose_count)
     bids_dir = args.bids_dir.resolve()
     output_dir = args.output_dir.resolve()
     work_dir = (args.work_dir or Path("work")).resolve()
+    if args.participant_label_file is not None:
+        args.participant_label = list(dict.fromkeys(
+            (args.participant_label or []) + read_participant_file(args.participant_label_file)))
+    if args.reports_only:
+        return reports_only(args, output_dir)
     check_paths(bids_dir, output_dir, work_dir)
-    from ..logs import setup_run_logging
-
-    setup_run_logging(output_dir, args)
+    run_id = new_run_id()
     if args.analysis_level == "group":
         from .group import run_group
 
+        setup_run_logging(output_dir, args, run_id)
         return run_group(bids_dir, output_dir, args)
 
+    from ..locks import WorkDirLock
     from .participant import plan_participant_run, run_workflow
 
-    plan = plan_participant_run(args, bids_dir, output_dir, work_dir)
-    return run_workflow(plan, plugin_settings(args), args)
+    with WorkDirLock(work_dir, run_id):
+        setup_run_logging(output_dir, args, run_id)  # saves the arguments as given
+        if args.random_seed is not None:
+            seed_everything(args.random_seed)
+            # one seed for every choice of the run; an explicit --context-seed still wins
+            if args.context_seed is None:
+                args.context_seed = args.random_seed
+        plan = plan_participant_run(args, bids_dir, output_dir, work_dir)
+        return run_workflow(plan, plugin_settings(args), args)
+
+
+def parse_args(argv=None):
+    """Parse ``argv``; with ``--config-file``, the saved arguments are the defaults."""
+    parser = build_parser()
+    saved = saved_arguments(argv)
+    appended = apply_saved_arguments(parser, saved) if saved else {}
+    return fill_appended(parser.parse_args(argv), appended)
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except NeuroverseError as error:  # a bad --config-file
+        print(f"neuroverse3d: error: {error}", file=sys.stderr)
+        return error.exit_code
     return run_with_exit_codes("neuroverse3d", run, args)
 
 

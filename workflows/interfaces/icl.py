@@ -98,6 +98,34 @@ class StackContextSet(SimpleInterface):
         return runtime
 
 
+class _SelectInputSpec(BaseInterfaceInputSpec):
+    context_pool = File(exists=True, mandatory=True,
+                        desc="stacked pool (npz of StackContextSet, e.g. from the context cache)")
+    subjects = traits.List(traits.Str, mandatory=True, minlen=1,
+                           desc="the pool subjects to use, in this order")
+
+
+class SelectContextSet(SimpleInterface):
+    """One target's context set: the given subjects' pairs out of a stacked pool."""
+
+    input_spec = _SelectInputSpec
+    output_spec = _StackOutputSpec
+
+    def _run_interface(self, runtime):
+        with np.load(self.inputs.context_pool) as pool:
+            images, outputs = pool["images"], pool["outputs"]
+            where = {str(s): i for i, s in enumerate(pool["subjects"])}
+        missing = [s for s in self.inputs.subjects if s not in where]
+        if missing:
+            raise ValueError(f"{self.inputs.context_pool}: subjects {missing} are not in the pool")
+        index = [where[s] for s in self.inputs.subjects]
+        out = _out_path(runtime, "context_set.npz")
+        np.savez(out, images=images[index], outputs=outputs[:, index],
+                 subjects=np.asarray(self.inputs.subjects))
+        self._results["context_set"] = out
+        return runtime
+
+
 class _PredictInputSpec(BaseInterfaceInputSpec):
     target = File(exists=True, mandatory=True, desc="normalised target on the model grid")
     context_set = File(exists=True, mandatory=True, desc="from StackContextSet")

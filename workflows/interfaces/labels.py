@@ -19,8 +19,9 @@ from .icl import _out_path
 
 class _ExtractInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="mask, dseg or image in native space")
-    label_value = traits.Either(None, traits.Int, default=None, usedefault=True,
-                                desc="dseg index to extract; None: a mask (> 0) or an image")
+    label_value = traits.Either(None, traits.Int, traits.List(traits.Int), default=None,
+                                usedefault=True, desc="dseg index or indices (their union) to "
+                                                      "extract; None: a mask (> 0) or an image")
     is_mask = traits.Bool(True, usedefault=True, desc="False: pass an image through unchanged")
 
 
@@ -40,7 +41,7 @@ class ExtractLabel(SimpleInterface):
             return runtime
         img, data = load_volume(self.inputs.in_file)
         value = self.inputs.label_value
-        mask = (np.rint(data) == value) if value is not None else data > 0
+        mask = np.isin(np.rint(data), value) if value is not None else data > 0
         self._results["out_file"] = str(write_nifti_atomic(
             mask.astype(np.float32), img, _out_path(runtime, "label.nii.gz")))
         return runtime

@@ -1,10 +1,9 @@
-"""Shared pieces of the HTML reports: mask volumes, figure checks, page layout, methods text."""
+"""Shared pieces of the HTML reports: mask volumes, figure checks, the Jinja2 page templates."""
 from __future__ import annotations
 
-import html
 import re
 from pathlib import Path
-from typing import Iterable, List
+from typing import List
 
 import nibabel as nb
 import numpy as np
@@ -13,28 +12,13 @@ from ..niftiio import write_text_atomic  # noqa: F401 - the reports' writer
 
 #: image formats the reports write and link
 FIGURE_SUFFIXES = (".png", ".svg")
-_SRC = re.compile(r"""<img[^>]*\ssrc=["']([^"']+)["']""", re.IGNORECASE)
-
-CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#222}
-nav{position:sticky;top:0;background:#263238;padding:.4em 1em;z-index:2}
-nav a{color:#eceff1;margin-right:1.2em;text-decoration:none;font-size:.95em}
-main{max-width:1100px;margin:auto;padding:0 1em 3em}
-h1{margin-top:.8em} h2{border-bottom:2px solid #cfd8dc;padding-bottom:.2em;margin-top:1.6em}
-figure{margin:1em 0} figure img{max-width:100%;border:1px solid #cfd8dc;background:#000}
-figcaption{font-size:.9em;color:#455a64}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
-th,td{border:1px solid #cfd8dc;padding:.25em .6em;text-align:left}
-th{background:#eceff1} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.outlier{background:#ffcdd2;font-weight:bold} .ok{color:#2e7d32} .bad{color:#c62828}
-.note{color:#607d8b;font-style:italic} pre{background:#f5f5f5;padding:.6em;overflow-x:auto}
-blockquote{border-left:4px solid #90a4ae;margin:1em 0;padding:.2em 1em;background:#fafafa}
-"""
+_SRC = re.compile(r"""<(?:img[^>]*\ssrc|object[^>]*\sdata)=["']([^"']+)["']""", re.IGNORECASE)
 
 #: the methods boilerplate (CC0): the text may be copied into manuscripts unchanged
 CITATION = ("Hu J, et al. Neuroverse3D: Developing In-Context Learning Universal Model for "
             "Neuroimaging in 3D. Proceedings of the IEEE/CVF International Conference on "
             "Computer Vision (ICCV), 2025. arXiv:2503.02410.")
+TEMPLATES = Path(__file__).parent / "templates"
 
 
 def mask_volume_mm3(path) -> float:
@@ -44,43 +28,29 @@ def mask_volume_mm3(path) -> float:
     return float(np.count_nonzero(np.asanyarray(img.dataobj))) * voxel_mm3
 
 
-def esc(value) -> str:
-    return html.escape(str(value), quote=True)
+def _thousands(value) -> str:
+    """``1234.5`` -> ``"1,234"`` (a missing or non-finite value: ``"n/a"``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{number:,.0f}" if np.isfinite(number) else "n/a"
 
 
-def table(header, rows: Iterable[Iterable], numeric=()) -> str:
-    """An HTML table (``header`` None: no header row); cells are escaped unless given as
-    ``("html", markup)``."""
-    def cell(index, value, tag):
-        cls = ' class="num"' if index in numeric and tag == "td" else ""
-        text = value[1] if isinstance(value, tuple) and value[0] == "html" else esc(value)
-        return f"<{tag}{cls}>{text}</{tag}>"
+def render(page: str, **context) -> str:
+    """Render one of the Jinja2 page templates in ``templates/`` (HTML-escaped values)."""
+    import jinja2
 
-    head = "" if header is None else \
-        "<thead><tr>" + "".join(cell(i, h, "th") for i, h in enumerate(header)) + "</tr></thead>"
-    body = "".join("<tr>" + "".join(cell(i, v, "td") for i, v in enumerate(row)) + "</tr>"
-                   for row in rows)
-    return f"<table>{head}<tbody>{body}</tbody></table>"
-
-
-def figure(src: str, caption: str, alt: str = "") -> str:
-    return (f'<figure><img src="{esc(src)}" alt="{esc(alt or caption)}" loading="lazy">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
-
-
-def page(title: str, sections: List[tuple]) -> str:
-    """A whole HTML page: ``sections`` are ``(anchor, heading, body_html)``."""
-    nav = "".join(f'<a href="#{esc(a)}">{esc(h)}</a>' for a, h, _ in sections)
-    body = "".join(f'<section id="{esc(a)}"><h2>{esc(h)}</h2>{b}</section>'
-                   for a, h, b in sections)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body><nav>{nav}</nav>"
-            f"<main><h1>{esc(title)}</h1>{body}</main></body></html>\n")
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                                     autoescape=True, undefined=jinja2.StrictUndefined,
+                                     trim_blocks=True, lstrip_blocks=True)
+    environment.filters["thousands"] = _thousands
+    return environment.get_template(page).render(citation=CITATION, **context)
 
 
 def report_figures(html_file) -> List[Path]:
-    """The image files an HTML report links (``<img src>``), resolved next to the page."""
+    """The image files an HTML report shows (``<img src>``, ``<object data>``), resolved next
+    to the page."""
     html_file = Path(html_file)
     return [(html_file.parent / src).resolve() for src in _SRC.findall(html_file.read_text())]
 

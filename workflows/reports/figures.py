@@ -1,14 +1,16 @@
-"""Report figures (PNG, matplotlib Agg backend, nilearn slicers).
+"""Report figures (matplotlib Agg backend, nilearn slicers): SVG reportlets, one PNG chart.
 
-Every function writes one PNG atomically and returns its path. Images are drawn in world (RAS)
+Every function writes one file atomically and returns its path. Images are drawn in world (RAS)
 coordinates, so oblique or non-RAS volumes show in the usual orientation; masks are drawn as
-outlines at 0.5. Mosaics show sagittal (x), coronal (y) and axial (z) rows of ``cuts`` slices.
+outlines at 0.5. Mosaics show sagittal (x), coronal (y) and axial (z) rows of ``cuts`` slices;
+the brain images stay raster inside the SVG, the outlines are vector paths.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -18,11 +20,14 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..niftiio import write_atomic  # noqa: E402
+from .svg import figure_svg, flicker_svg, save_svg  # noqa: E402
 
 #: outline colours, one per structure, cycled
 COLOURS = ("#ff1744", "#00e5ff", "#ffea00", "#76ff03", "#ff9100", "#d500f9")
 COLOUR_NAMES = ("red", "cyan", "yellow", "green", "orange", "purple")
 DPI = 90
+#: mosaic rows: sagittal, coronal, axial
+ROWS = ("x", "y", "z")
 
 
 def _save(figure, out_png, facecolor="black") -> Path:
@@ -61,44 +66,68 @@ def _anat(img, figure, rect, mode, cuts, title=None, vmax=None):
                               dim=0, vmin=0, vmax=vmax or 1.0, black_bg=True)
 
 
-def outline_mosaic(image, masks: Dict[str, object], out_png, cuts: int = 6,
-                   title: Optional[str] = None) -> Path:
-    """``image`` with each mask's outline (``{name: image}``), sagittal/coronal/axial rows."""
+def cut_coords(image, count: int, rows: Sequence[str] = ROWS) -> Dict[str, List[float]]:
+    """``count`` evenly spaced world coordinates (mm) per axis in ``rows``, inside the
+    bounding box of ``image``'s voxels > 0.5 (10% to 90% of its extent)."""
     img = _load(image)
-    figure = plt.figure(figsize=(cuts * 1.6, 3 * 1.6 + 0.3), facecolor="black")
-    rows = (("x", 2 / 3), ("y", 1 / 3), ("z", 0.0))
-    for index, (mode, bottom) in enumerate(rows):
-        display = _anat(img, figure, [0, bottom, 1, 1 / 3 - 0.01], mode, cuts,
-                        title=title if index == 0 else None)
+    data = np.asanyarray(img.dataobj)
+    ijk = np.argwhere(data > 0.5)
+    if ijk.size == 0:  # an empty mask: the whole field of view
+        ijk = np.array([[0, 0, 0], np.asarray(data.shape[:3]) - 1])
+    corners = np.array(list(itertools.product(*zip(ijk.min(0), ijk.max(0)))), dtype=float)
+    world = corners @ img.affine[:3, :3].T + img.affine[:3, 3]
+    low, high = world.min(0), world.max(0)
+    return {axis: [float(v) for v in np.linspace(low[a] + 0.1 * (high[a] - low[a]),
+                                                 high[a] - 0.1 * (high[a] - low[a]), count)]
+            for a, axis in enumerate("xyz") if axis in rows}
+
+
+def _mosaic(image, masks: Dict[str, object], cuts: Dict[str, List[float]], title=None):
+    """A figure: one row of slices per axis of ``cuts``, masks drawn as outlines at 0.5."""
+    img = _load(image)
+    rows, count = list(cuts), max(len(c) for c in cuts.values())
+    figure = plt.figure(figsize=(count * 1.6, len(rows) * 1.6 + 0.3), facecolor="black")
+    height = 1 / len(rows)
+    for index, axis in enumerate(rows):
+        display = _anat(img, figure, [0, 1 - (index + 1) * height, 1, height - 0.01], axis,
+                        cuts[axis], title=title if index == 0 else None)
         for (name, mask), colour in zip(masks.items(), COLOURS * 8):
             mask_img = _load(mask)
             if _has_voxels(mask_img):
                 display.add_contours(mask_img, levels=[0.5], colors=[colour], linewidths=1.2)
-    return _save(figure, out_png)
+    return figure
 
 
-def before_after(before, after, out_png, cuts: int = 6, labels=("before", "after")) -> Path:
-    """Two rows of axial slices at the same cuts: ``before`` (e.g. the input) and ``after``."""
-    from nilearn.plotting import find_cut_slices
-
-    first, second = _load(before), _load(after)
-    coords = list(find_cut_slices(first, direction="z", n_cuts=cuts))
-    figure = plt.figure(figsize=(cuts * 1.6, 2 * 1.6 + 0.3), facecolor="black")
-    for img, bottom, label in ((first, 0.5, labels[0]), (second, 0.0, labels[1])):
-        _anat(img, figure, [0, bottom, 1, 0.49], "z", coords, title=label)
-    return _save(figure, out_png)
+def contours(image, masks: Dict[str, object], out_svg, cuts: int = 6,
+             rows: Sequence[str] = ROWS, title: Optional[str] = None) -> Path:
+    """SVG: ``image`` with the outline of each mask (``{name: image}``, colours in order of
+    :data:`COLOURS`), one row of ``cuts`` slices per axis in ``rows``, cut through the masks."""
+    union = _union(list(masks.values())) if masks else _load(image)
+    return save_svg(_mosaic(image, masks, cut_coords(union, cuts, rows), title), out_svg)
 
 
-def context_pair(image, labels: Sequence, out_png, title: Optional[str] = None) -> Path:
-    """A thumbnail of one context pair: the image with its label outlines (orthogonal view)."""
-    img = _load(image)
-    figure = plt.figure(figsize=(4.8, 1.9), facecolor="black")
-    display = _anat(img, figure, [0, 0, 1, 1], "ortho", None, title=title)
-    for label, colour in zip(labels, COLOURS * 8):
-        label_img = _load(label)
-        if _has_voxels(label_img):
-            display.add_contours(label_img, levels=[0.5], colors=[colour], linewidths=1)
-    return _save(figure, out_png)
+def flicker(bottom, top, out_svg, outline=None, cuts: int = 6, rows: Sequence[str] = ROWS,
+            titles: Sequence[str] = ("", "")) -> Path:
+    """SVG flicker of two images in the same space, drawn at the same cuts (through
+    ``outline`` when given, else through ``bottom``), each with ``outline``'s contour."""
+    masks = {"outline": outline} if outline is not None else {}
+    coords = cut_coords(outline if outline is not None else bottom, cuts, rows)
+    layers = [figure_svg(_mosaic(image, masks, coords, title))
+              for image, title in ((bottom, titles[0]), (top, titles[1]))]
+    return flicker_svg(layers[0], layers[1], out_svg, titles=titles)
+
+
+def _union(masks):
+    """One image: voxels > 0.5 in any of ``masks`` (all on the first one's grid)."""
+    import nibabel as nb
+
+    first = _load(masks[0])
+    data = np.zeros(first.shape, bool)
+    for mask in masks:
+        values = np.asanyarray(_load(mask).dataobj)
+        if values.shape == data.shape:
+            data |= values > 0.5
+    return nb.Nifti1Image(data.astype(np.float32), first.affine)
 
 
 def volume_distributions(values: Dict[str, Sequence[float]], flags: Dict[str, Sequence[bool]],

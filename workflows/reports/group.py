@@ -1,4 +1,4 @@
-"""The group page: ``<output_dir>/group.html`` with per-structure volume distributions.
+"""The group level: ``group_volumes.tsv`` and ``group.html`` from the participants' native masks.
 
 Outliers are values with a robust z-score ``|z| > 3``, where ``z = (v - median) / (1.4826 MAD)``
 (the MAD scaled to the standard deviation of a normal distribution; the plain standard
@@ -7,15 +7,21 @@ and is not masked by the outlier itself.
 """
 from __future__ import annotations
 
+import csv
+import io
+import re
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..errors import MissingInputError
 from . import figures
-from .common import esc, figure, page, table, write_text_atomic
+from .common import mask_volume_mm3, render, write_text_atomic
 
 Z_LIMIT = 3.0
+MASK_PATTERN = re.compile(r"^(?P<prefix>sub-[^_]+(?:_ses-[^_]+)?.*?)_desc-(?P<name>[A-Za-z0-9]+)"
+                          r"_mask\.nii(\.gz)?$")
 
 
 def robust_z(values: Sequence[float]) -> np.ndarray:
@@ -41,6 +47,35 @@ def _number(value) -> float:
         return float("nan")
 
 
+def collect_volumes(output_dir):
+    """Rows ``{participant_id, session_id, source, <structure>: mm^3}`` from native masks."""
+    rows, structures = {}, []
+    for path in sorted(Path(output_dir).glob("sub-*/**/anat/*_mask.nii*")):
+        match = MASK_PATTERN.match(path.name)
+        if not match or "_space-" in path.name:
+            continue
+        prefix, name = match.group("prefix"), match.group("name")
+        entities = dict(part.split("-", 1) for part in prefix.split("_") if "-" in part)
+        row = rows.setdefault(prefix, {
+            "participant_id": f"sub-{entities['sub']}",
+            "session_id": f"ses-{entities['ses']}" if "ses" in entities else "n/a",
+            "source": prefix})
+        row[name] = round(mask_volume_mm3(path), 3)
+        if name not in structures:
+            structures.append(name)
+    return list(rows.values()), structures
+
+
+def write_volumes_tsv(output_dir, rows, structures) -> Path:
+    """``group_volumes.tsv``: participant_id, session_id, source, one column per structure."""
+    stream = io.StringIO()
+    writer = csv.DictWriter(stream, fieldnames=["participant_id", "session_id", "source"] +
+                            list(structures), delimiter="\t", restval="n/a", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(Path(output_dir) / "group_volumes.tsv", stream.getvalue())
+
+
 def write_group_report(output_dir, rows: List[Dict], structures: List[str]) -> Path:
     """Write ``group.html`` (and ``figures/group_desc-volumes.png``); return the page's path.
 
@@ -51,52 +86,47 @@ def write_group_report(output_dir, rows: List[Dict], structures: List[str]) -> P
     values = {s: [_number(r.get(s)) for r in rows] for s in structures}
     scores = {s: robust_z(v) for s, v in values.items()}
     flags = {s: np.abs(np.nan_to_num(z)) > Z_LIMIT for s, z in scores.items()}
-    sections = []
+    distribution = None
     if structures:
         png = figures.volume_distributions(values, flags,
                                            output_dir / "figures" / "group_desc-volumes.png",
                                            labels=[r.get("source", "") for r in rows])
-        sections.append(("distributions", "Distributions",
-                         figure(png.relative_to(output_dir).as_posix(),
-                                "volume per structure (mm³), one point per image; red: "
-                                "|robust z| > 3")))
+        distribution = png.relative_to(output_dir).as_posix()
     summary = []
     for name in structures:
         data = np.asarray(values[name])
         finite = data[np.isfinite(data)]
-        summary.append((name, finite.size, f"{np.median(finite):,.0f}" if finite.size else "n/a",
-                        f"{finite.min():,.0f}" if finite.size else "n/a",
-                        f"{finite.max():,.0f}" if finite.size else "n/a",
-                        int(flags[name].sum())))
-    sections.append(("summary", "Summary", table(
-        ["structure", "n", "median (mm³)", "min", "max", "outliers"], summary,
-        numeric=(1, 2, 3, 4, 5))))
-
-    body, flagged = [], []
+        summary.append({"name": name, "n": finite.size, "outliers": int(flags[name].sum()),
+                        "median": np.median(finite) if finite.size else None,
+                        "min": finite.min() if finite.size else None,
+                        "max": finite.max() if finite.size else None})
+    table, flagged = [], []
     for index, row in enumerate(rows):
-        subject = str(row.get("participant_id", ""))
-        link = f"{subject}.html"
-        cell = ("html", f'<a href="{esc(link)}">{esc(subject)}</a>') \
-            if (output_dir / link).is_file() else subject
-        line = [cell, row.get("session_id", "n/a"), row.get("source", "")]
+        report = f"{row.get('participant_id', '')}.html"
+        entry = dict(row, report=report if (output_dir / report).is_file() else None,
+                     session_id=row.get("session_id", "n/a"), cells=[])
         for name in structures:
-            value, z = values[name][index], scores[name][index]
-            text = "n/a" if not np.isfinite(value) else f"{value:,.0f}"
-            if flags[name][index]:
-                flagged.append((cell, row.get("source", ""), name, f"{z:+.1f}"))
-                line.append(("html", f'<span class="outlier" title="robust z = {z:+.1f}">'
-                                     f"{esc(text)}</span>"))
-            else:
-                line.append(text)
-        body.append(line)
-    volumes = table(["participant", "session", "image"] + [f"{s} (mm³)" for s in structures],
-                    body, numeric=tuple(range(3, 3 + len(structures))))
-    outliers = (table(["participant", "image", "structure", "robust z"], flagged)
-                if flagged else '<p class="ok">No value with |robust z| &gt; 3.</p>')
-    sections += [("outliers", "Outliers", outliers +
-                  '<p class="note">z = (volume - median) / (1.4826 MAD), per structure.</p>'),
-                 ("volumes", "Volumes", volumes +
-                  '<p class="note">Native-space volumes from the <code>desc-&lt;name&gt;_mask'
-                  "</code> files; the same numbers as <code>group_volumes.tsv</code>.</p>")]
-    return write_text_atomic(output_dir / "group.html",
-                             page(f"Neuroverse3D group report ({len(rows)} images)", sections))
+            value, z, flag = values[name][index], scores[name][index], flags[name][index]
+            entry["cells"].append({"value": value, "z": z, "flag": bool(flag)})
+            if flag:
+                flagged.append((entry, name, z))
+        table.append(entry)
+    sections = ([("distributions", "Distributions")] if distribution else []) + [
+        ("summary", "Summary"), ("outliers", "Outliers"), ("volumes", "Volumes")]
+    text = render("group.html.j2", title=f"Neuroverse3D group report ({len(rows)} images)",
+                  sections=sections, distribution=distribution, summary=summary,
+                  flagged=flagged, rows=table, structures=structures)
+    return write_text_atomic(output_dir / "group.html", text)
+
+
+def build_group_report(output_dir) -> Dict[str, Path]:
+    """Write ``group_volumes.tsv`` and ``group.html`` under ``output_dir``; return
+    ``dict(table=..., page=..., rows=<number of images>)``."""
+    output_dir = Path(output_dir)
+    rows, structures = collect_volumes(output_dir)
+    if not rows:
+        raise MissingInputError(f"{output_dir}: no participant masks found; run the participant "
+                                "level with a segmentation context first")
+    table = write_volumes_tsv(output_dir, rows, structures)
+    return {"table": table, "page": write_group_report(output_dir, rows, structures),
+            "rows": len(rows), "structures": structures}

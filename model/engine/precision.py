@@ -1,0 +1,154 @@
+"""Device and precision policy: which device, which dtype, and when ``auto`` may keep bfloat16.
+
+``auto`` picks a reduced precision (bfloat16) where the hardware runs it natively, and keeps
+it only for a model whose output agrees with float32: within :data:`AUTO_TOLERANCE` (relative
+L2) on a fixed synthetic problem (:func:`reduced_precision_error`), and within
+:data:`AGREEMENT_TARGETS` where the checkpoint records its agreement on real tasks.
+
+The synthetic check costs two small forward passes (seconds for the released architecture),
+a property of the weights: it is cached per checkpoint SHA256, dtype, device type and torch
+version in the user's cache folder (:func:`cache_dir`), so that a process started for one
+prediction does not pay it again.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from ..fileio import write_text_atomic
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: ``auto`` precision keeps a reduced precision only below this relative L2 error vs float32
+AUTO_TOLERANCE = 1e-2
+#: ... and only where the agreement recorded in the checkpoint on real tasks meets these
+#: (metadata ``precision_agreement``, e.g. written by ``benchmarks/precision_agreement.py
+#: --record``): worst Dice of reduced-precision masks vs float32 masks, worst PSNR (dB) of
+#: generated images vs float32
+AGREEMENT_TARGETS = {"dice_min": 0.99, "psnr_min_db": 45.0}
+#: environment variable naming the cache folder (default: ``$XDG_CACHE_HOME/neuroverse3d``)
+CACHE_ENV = "NEUROVERSE3D_CACHE_DIR"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> first CUDA device when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` picks bfloat16 where the hardware runs it natively, else float32 (the
+    ``Predictor`` then keeps it only for a model that agrees, see the module doc)."""
+    if precision == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else torch.float32
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError("float16 is supported on CUDA only; use bfloat16 or float32 on the CPU")
+    return PRECISIONS[precision]
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """True where bfloat16 convolutions run in hardware (CPU: AMX/AVX512-BF16; CUDA: sm80+)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def recorded_shortfall(metadata: dict, precision: str) -> List[str]:
+    """The agreement figures recorded for ``precision`` in checkpoint ``metadata`` that miss
+    :data:`AGREEMENT_TARGETS`, e.g. ``['dice_min 0.8 < 0.99']``; empty without a record."""
+    record = (metadata.get("precision_agreement") or {}).get(precision) or {}
+    return [f"{key} {record[key]:g} < {target:g}" for key, target in AGREEMENT_TARGETS.items()
+            if key in record and record[key] < target]
+
+
+# --------------------------------------------------------------------- the self-check
+def cache_dir() -> Path:
+    """``$NEUROVERSE3D_CACHE_DIR``, else ``$XDG_CACHE_HOME/neuroverse3d``, else
+    ``~/.cache/neuroverse3d``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "neuroverse3d"
+
+
+def _cache_file(sha256: str, dtype: torch.dtype, device: torch.device, contexts: int) -> Path:
+    name = str(dtype).replace("torch.", "")
+    return cache_dir() / "precision-check" / f"{sha256}-{name}-{device.type}-L{contexts}.json"
+
+
+def _read_cached(path: Path, key: dict) -> Optional[float]:
+    """The cached error of ``path`` if it holds a record for exactly ``key``; a missing,
+    unreadable or corrupt file is a miss (it is rewritten after measuring)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if all(record.get(k) == v for k, v in key.items()):
+            return float(record["relative_l2"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return None
+
+
+def _write_cached(path: Path, key: dict, error: float) -> None:
+    try:
+        write_text_atomic(path, json.dumps(dict(key, relative_l2=error)))
+    except OSError:  # a read-only home: measure again next time
+        pass
+
+
+def reduced_precision_error(model, dtype: torch.dtype, device: torch.device,
+                            contexts: int = 2) -> float:
+    """Relative L2 error of ``model`` in ``dtype`` vs float32 on a fixed synthetic problem.
+
+    Smooth random volumes on a small grid (32^3 or the model's divisor x 2), ``contexts``
+    pairs with thresholded labels; deterministic. About two small forward passes. The error
+    is a property of the weights (e.g. 1.9e-3 for the released configuration, 1.4e-2 for the
+    4..64-channel reference fixture). For a model loaded from a file (``metadata['sha256']``)
+    it is read from, or written to, the cache (:func:`cache_dir`).
+    """
+    import copy
+
+    from ..predictor import Predictor
+
+    sha256 = getattr(model, "metadata", {}).get("sha256")
+    key = {"sha256": sha256, "dtype": str(dtype), "device": device.type, "contexts": contexts,
+           "torch": torch.__version__}
+    path = _cache_file(sha256, dtype, device, contexts) if sha256 else None
+    cached = _read_cached(path, key) if path else None
+    if cached is not None:
+        return cached
+
+    side = max(32, 2 * model.divisor)
+    generator = torch.Generator().manual_seed(0)
+
+    def smooth():  # [side]^3 in [0, 1], structure at ~1/6 of the grid
+        coarse = torch.rand((1, 1, 6, 6, 6), generator=generator)
+        return torch.nn.functional.interpolate(coarse, size=(side,) * 3, mode="trilinear",
+                                               align_corners=True)[0, 0]
+
+    target = smooth()
+    images = torch.stack([smooth() for _ in range(contexts)])
+    labels = (torch.stack([smooth() for _ in range(contexts)]) > 0.5).float()
+    outputs = [Predictor(copy.deepcopy(model).float(), device=str(device), precision=precision,
+                         mini_context_size=contexts).predict(target, images, labels)
+               for precision in ("float32", str(dtype).replace("torch.", ""))]
+    reference, low = outputs
+    error = ((low - reference).norm() / reference.norm().clamp_min(1e-12)).item()
+    if path:
+        _write_cached(path, key, error)
+    return error

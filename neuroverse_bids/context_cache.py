@@ -1,0 +1,253 @@
+"""The context set as a reusable artefact: registered context pairs and their stack, built once.
+
+An entry holds everything a participant run needs from the context pool, for one (spec, model
+grid, template, selection). Its name is a content hash of that request (:func:`request_key`),
+which includes the sha256 of every source file, so an edited label or another grid is another
+entry and a stale one is never read::
+
+    <cache>/<key>/manifest.json        the request, the sha256 of each file below, who built
+                                       it and in how many seconds
+    <cache>/<key>/pairs/sub-<label>_*  each pair on the model grid (image not normalised)
+    <cache>/<key>/context_pool.npz     the stacked pool: images [L,D,H,W] (normalised to
+                                       [0, 1]), outputs [K,L,D,H,W], subjects [L]
+    <cache>/<key>.lock                 POSIX lock (fcntl.lockf, honoured over NFS)
+
+The first process takes the lock, builds into ``.tmp-<key>-<host>-<pid>`` and renames it to
+``<key>`` when complete (the manifest is written last); the others wait on the lock, then verify
+the manifest and the checksums and read. An entry that fails the check is removed and rebuilt.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from .workflows.errors import OutputError
+
+LOGGER = logging.getLogger("neuroverse3d")
+CACHE_FORMAT = 1
+POOL_FILE = "context_pool.npz"
+MANIFEST = "manifest.json"
+#: without POSIX locks (some network filesystems): a lock folder older than this is stale (s)
+STALE_LOCK_SECONDS = 6 * 3600
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def image_digest(path) -> str:
+    """sha256 of a NIfTI's voxel data and affine (not its bytes: gzip stores a time stamp, so a
+    template written again from the same source keeps its digest)."""
+    import nibabel as nb
+    import numpy as np
+
+    img = nb.load(str(path))
+    digest = hashlib.sha256(np.ascontiguousarray(np.asanyarray(img.dataobj)).tobytes())
+    digest.update(np.asarray(img.affine, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def request_key(request: dict) -> str:
+    """Content hash of a request (canonical JSON)."""
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _who() -> dict:
+    job = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
+           if k in os.environ}
+    return {"Host": socket.gethostname(), "PID": os.getpid(), **job}
+
+
+@contextmanager
+def cache_lock(path: Path, poll: float = 1.0):
+    """Exclusive lock on ``path``: a POSIX record lock (works across hosts on NFS), else a
+    lock folder created atomically (filesystems without locks)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                fd = None
+                with _folder_lock(path.with_name(path.name + ".d"), poll):
+                    yield
+                return
+            LOGGER.info("waiting for %s: another process is building this context set", path)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(_who()).encode())
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextmanager
+def _folder_lock(folder: Path, poll: float):
+    while True:
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            try:
+                age = time.time() - folder.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age > STALE_LOCK_SECONDS:
+                LOGGER.warning("removing the stale lock %s (%.0f s old)", folder, age)
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            time.sleep(poll)
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_entry(entry: Path, request: dict) -> Optional[str]:
+    """None when ``entry`` is complete and was built for ``request``; else why not."""
+    manifest_path = entry / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest (incomplete entry)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        return f"unreadable manifest ({error})"
+    if manifest.get("Format") != CACHE_FORMAT:
+        return f"cache format {manifest.get('Format')} (this version writes {CACHE_FORMAT})"
+    recorded = manifest.get("Request", {})
+    if recorded != json.loads(json.dumps(request, default=str)):
+        differing = sorted(k for k in set(recorded) | set(request)
+                           if recorded.get(k) != json.loads(json.dumps(request.get(k), default=str)))
+        return f"built for another request (differs in {', '.join(differing)})"
+    for name, digest in manifest.get("Files", {}).items():
+        path = entry / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if file_sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def ensure_entry(cache_dir, request: dict, build: Callable[[Path], None]) -> dict:
+    """The entry for ``request`` under ``cache_dir``, built by ``build(folder)`` when needed.
+
+    ``build`` writes its files into an empty folder. Returns what happened, for the sidecars:
+    ``CacheKey``, ``Entry``, ``Reused``, ``RebuiltBecause`` (a rejected entry), ``BuiltBy``,
+    ``SecondsWaiting`` (for the lock) and ``SecondsPreparing`` (wait + build or check).
+    """
+    cache_dir = Path(cache_dir).absolute()
+    key = request_key(request)
+    entry = cache_dir / key
+    start = time.perf_counter()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{cache_dir}: cannot create the context cache here "
+                          f"({error.strerror}); choose a writable --context-cache") from None
+    with cache_lock(cache_dir / f"{key}.lock"):
+        waited = time.perf_counter() - start
+        reason = check_entry(entry, request) if entry.exists() else None
+        if entry.exists() and reason is None:
+            manifest = json.loads((entry / MANIFEST).read_text())
+            LOGGER.info("context set %s: reusing %s", key, entry)
+            return {"CacheKey": key, "Entry": str(entry), "Reused": True,
+                    "BuiltBy": manifest.get("BuiltBy"), "SecondsWaiting": round(waited, 3),
+                    "SecondsPreparing": round(time.perf_counter() - start, 3)}
+        if reason is not None:
+            LOGGER.warning("context set %s: not reusing %s: %s; rebuilding", key, entry, reason)
+            shutil.rmtree(entry)
+        for stale in cache_dir.glob(f".tmp-{key}-*"):  # left by a builder that died
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = cache_dir / f".tmp-{key}-{socket.gethostname()}-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            built = time.perf_counter()
+            build(tmp)
+            files = {str(p.relative_to(tmp)): file_sha256(p)
+                     for p in sorted(tmp.rglob("*")) if p.is_file()}
+            manifest = {"Format": CACHE_FORMAT, "Key": key, "Request": request, "Files": files,
+                        "BuiltBy": _who(), "BuiltAt": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "SecondsBuilding": round(time.perf_counter() - built, 3)}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+            os.rename(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        LOGGER.info("context set %s: built %s in %.1f s", key, entry, manifest["SecondsBuilding"])
+        return {"CacheKey": key, "Entry": str(entry), "Reused": False,
+                "RebuiltBecause": reason, "BuiltBy": manifest["BuiltBy"],
+                "SecondsWaiting": round(waited, 3),
+                "SecondsPreparing": round(time.perf_counter() - start, 3)}
+
+
+# ------------------------------------------------------------------------ the context pool
+def pool_request(spec, pairs, grid: Dict, template: str, template_file, sloppy: bool) -> dict:
+    """What determines the pool's content: spec, model grid, template, selection (+ sha256)."""
+    spec_dict = spec.to_dict()
+    return {
+        "Format": CACHE_FORMAT,
+        "Task": spec.task, "Degradation": spec.degradation, "Seed": spec.seed,
+        "Structures": spec_dict["structures"],
+        "Grid": {"shape": grid["shape"], "voxel_size_mm": grid["voxel_size_mm"]},
+        "Template": template, "TemplateDataSHA256": image_digest(template_file),
+        "Sloppy": bool(sloppy),
+        "Pairs": [{"subject": p.subject,
+                   "image": {"path": str(p.image), "sha256": file_sha256(p.image)},
+                   "outputs": [{"path": str(o), "sha256": file_sha256(o), "labels": v}
+                               for o, v in zip(p.outputs, p.label_values)]}
+                  for p in pairs],
+    }
+
+
+def build_pool(folder: Path, *, pairs, template_file, grid_reference, task: str,
+               degradation: str, sloppy: bool, seed: int, plugin: dict, work_dir: Path):
+    """Register and resample ``pairs`` with :func:`init_context_set_wf` (its nodes run through
+    ``plugin``), then copy each pair on the grid and the stacked pool into ``folder``."""
+    from .workflows.base import init_context_set_wf
+
+    subjects = [p.subject for p in pairs]
+    workflow = init_context_set_wf(pairs=pairs, subsets={"pool": subjects}, task=task,
+                                   degradation=degradation, sloppy=sloppy, seed=seed)
+    workflow.inputs.inputnode.template_file = str(template_file)
+    workflow.inputs.inputnode.grid_reference = str(grid_reference)
+    workflow.base_dir = str(Path(work_dir) / "context_cache_build")
+    workflow.config["execution"].update({"hash_method": "content", "crashfile_format": "txt",
+                                         "crashdump_dir": str(Path(work_dir) / "crash"),
+                                         "remove_unnecessary_outputs": False})
+    graph = workflow.run(plugin=plugin["plugin"], plugin_args=plugin.get("plugin_args", {}))
+    nodes = {node.fullname: node for node in graph.nodes()}
+    (folder / "pairs").mkdir()
+
+    def result(name):
+        match = [n for full, n in nodes.items() if full.endswith(name)]
+        return match[0].result.outputs.out_file if match else None
+
+    for subject in subjects:
+        shutil.copyfile(result(f"context_sub_{subject}_wf.image_to_grid"),
+                        folder / "pairs" / f"sub-{subject}_image.nii.gz")
+        outputs = result(f"context_sub_{subject}_wf.outputs_to_grid") or []
+        for index, path in enumerate(outputs if isinstance(outputs, list) else [outputs]):
+            shutil.copyfile(path, folder / "pairs" / f"sub-{subject}_output-{index}.nii.gz")
+    stack = [n for full, n in nodes.items() if full.endswith(".stack_pool")][0]
+    shutil.copyfile(stack.result.outputs.context_set, folder / POOL_FILE)
