@@ -40,7 +40,7 @@ CL = torch.channels_last_3d
 LOGGER = logging.getLogger("neuroverse3d")
 
 #: ``auto`` mini-context size on the CPU: at most this many pairs at a time (larger chunks
-#: cost more memory and are no faster there; see benchmarks/results/)
+#: cost more memory and are no faster there: the convolutions already use every core)
 CPU_AUTO_MAX = 1
 
 

@@ -91,8 +91,6 @@ def cache_lock(path: Path, poll: float = 1.0):
                 return
             LOGGER.info("waiting for %s: another process is building this context set", path)
             fcntl.lockf(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(_who()).encode())
         try:
             yield
         finally:

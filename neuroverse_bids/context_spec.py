@@ -151,8 +151,10 @@ class ContextSpec:
                                  f"{', '.join(DEGRADATIONS)}")
         for selector in (self.images, self.labels, self.outputs):
             if selector is not None and selector.root is not None and not selector.root.is_dir():
-                raise MissingInputError(f"{where}: dataset folder {selector.root} (dataset "
-                                        f"{selector.dataset!r}) does not exist")
+                raise MissingInputError(
+                    f"{where}: dataset {selector.dataset!r} is neither a name given with "
+                    f"-d/--derivatives NAME=PATH nor an existing folder ({selector.root}); pass "
+                    f"-d {selector.dataset}=/path/to/it or fix the path")
         return self
 
 

@@ -126,7 +126,7 @@ def _save_json(data, path: Path):
 def make_demo_dataset(out, subjects=4, seed=0, voxel_size=2.0, overwrite=False) -> Path:
     """Write the demo datasets under ``out`` (see the module docstring). Returns ``out``.
 
-    ``voxel_size`` (mm) of the native grids: 2 mm gives about 100x120x105 voxels per subject.
+    ``voxel_size`` (mm) of the native grids: 2 mm gives about 93x111x98 voxels per subject.
     Existing ``out/bids`` or ``out/derivatives/labels`` folders are refused unless ``overwrite``
     (then they are deleted first).
     """

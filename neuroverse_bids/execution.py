@@ -103,9 +103,10 @@ def register_plugin():
 @contextmanager
 def reporting(plugin: dict, workflow=None):
     """``with reporting(plugin, workflow) as settings: workflow.run(**settings)``: the plugin
-    settings with a :class:`~neuroverse_bids.logs.ProgressReporter` as status callback, whose
+    settings with a :class:`~neuroverse_bids.progress.ProgressReporter` as status callback, whose
     live display (on a terminal) is shown for the duration of the block."""
-    from .logs import ProgressReporter, stderr_is_terminal
+    from .logs import stderr_is_terminal
+    from .progress import ProgressReporter
 
     with ProgressReporter(workflow, live=stderr_is_terminal()) as reporter:
         yield dict(plugin, plugin_args=dict(plugin.get("plugin_args", {}),
@@ -115,7 +116,8 @@ def reporting(plugin: dict, workflow=None):
 def report_crashes(folders, since: float) -> List[Path]:
     """Log one summary per crash file written into ``folders`` since ``since`` (``time.time()``):
     participant, node, the last line of the error, the input that caused it and the file."""
-    from .logs import LOGGER, node_subject
+    from .logs import LOGGER
+    from .progress import node_subject
     from .workflows.reports.crash import summarise_crash
 
     crashes = sorted(path for folder in folders for path in Path(folder).glob("crash-*")

@@ -4,8 +4,8 @@
     python scripts/screenshot_report.py OUTPUT_DIR/sub-01.html SHOTS_DIR
 
 Writes ``SHOTS_DIR/<page>.png`` (the page as a reader sees it first), and for every flicker
-reportlet of the page two PNGs, ``<figure>_top.png`` and ``<figure>_bottom.png``: the SVG as it
-is (top layer shown) and with its top layer hidden, i.e. the two frames the flicker alternates.
+reportlet of the page two PNGs, ``<figure>_top.png`` and ``<figure>_bottom.png``: the two
+frames its CSS animation alternates, taken 0.5 s and 1.5 s into the animation's cycle.
 Needs Debian's ``chromium`` (or ``CHROMIUM=/path/to/binary``); exits 66 without it.
 """
 from __future__ import annotations
@@ -50,11 +50,13 @@ def screenshot(page: Path, out_png: Path, window=WINDOW, timeout: float = 120) -
     return out_png
 
 
-def hide_top_layer(svg: Path, out_svg: Path) -> Path:
-    """A copy of a flicker SVG that shows its bottom layer only."""
-    text = svg.read_text()
-    rule = f".{FOREGROUND} {{ animation: none !important; opacity: 0 !important; }}"
-    out_svg.write_text(text.replace("</style>", rule + "</style>", 1))
+def flicker_frame(svg: Path, seconds: float, out_svg: Path) -> Path:
+    """A copy of a flicker SVG whose own animation runs and is ``seconds`` into its cycle when
+    the page opens (as if the pointer had rested on it that long): 0.5 s shows the top layer,
+    1.5 s the bottom one."""
+    rule = (f".{FOREGROUND} {{ animation-play-state: running !important; "
+            f"animation-delay: {-seconds}s !important; }}")
+    out_svg.write_text(svg.read_text().replace("</style>", rule + "</style>", 1))
     return out_svg
 
 
@@ -65,11 +67,11 @@ def screenshot_report(page, shots_dir) -> List[Path]:
     for svg in report_figures(page):
         if svg.suffix != ".svg" or FOREGROUND not in svg.read_text():
             continue
-        shots.append(screenshot(svg, shots_dir / f"{svg.stem}_top.png", window=(1280, 900)))
-        with tempfile.TemporaryDirectory() as tmp:
-            bottom = hide_top_layer(svg, Path(tmp) / svg.name)
-            shots.append(screenshot(bottom, shots_dir / f"{svg.stem}_bottom.png",
-                                    window=(1280, 900)))
+        for layer, seconds in (("top", 0.5), ("bottom", 1.5)):
+            with tempfile.TemporaryDirectory() as tmp:
+                frame = flicker_frame(svg, seconds, Path(tmp) / svg.name)
+                shots.append(screenshot(frame, shots_dir / f"{svg.stem}_{layer}.png",
+                                        window=(1280, 900)))
     return shots
 
 

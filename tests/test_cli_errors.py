@@ -2,6 +2,7 @@
 input dataset stays untouched."""
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -172,3 +173,75 @@ def test_a_failed_participant_is_summarised_and_the_others_are_written(demo, tmp
     out = tmp_path / "out"
     assert list((out / "sub-01" / "anat").glob("sub-01_*_mask.nii.gz"))
     assert not list(out.glob("sub-02/anat/*_mask.nii.gz"))
+
+
+def _render(descriptor, values):
+    """The command line Boutiques' ``bosh exec`` makes from ``values`` (input id -> value)."""
+    line = descriptor["command-line"]
+    for entry in descriptor["inputs"]:
+        value = values.get(entry["id"])
+        if value is None or value is False:
+            text = ""
+        elif entry["type"] == "Flag":
+            text = entry["command-line-flag"]
+        else:
+            items = value if entry.get("list") else [value]
+            text = entry.get("list-separator", " ").join(str(v) for v in items)
+            if "command-line-flag" in entry:
+                text = f"{entry['command-line-flag']} {text}"
+        line = line.replace(entry["value-key"], text)
+    return line.split()[1:]
+
+
+def test_boutiques_descriptor_is_the_parser(capsys):
+    """Every option of the parser is an input (flag, type, choices, list-ness), and a command
+    line rendered from the descriptor parses back to the values it was rendered from."""
+    import argparse
+
+    from neuroverse_bids.cli.boutiques import NOT_INPUTS
+    from neuroverse_bids.cli.parser import build_parser
+    from neuroverse_bids.errors import EXIT_LOCKED
+    from neuroverse_bids.workflows import errors
+
+    with pytest.raises(SystemExit) as info:
+        main(["--boutiques"])
+    assert info.value.code == 0
+    descriptor = json.loads(capsys.readouterr().out)
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions if a.dest not in NOT_INPUTS}
+    inputs = {entry["id"]: entry for entry in descriptor["inputs"]}
+    assert set(inputs) == set(actions)
+    assert [e["id"] for e in descriptor["inputs"][:3]] == ["bids_dir", "output_dir", "analysis_level"]
+    assert len({e["value-key"] for e in inputs.values()}) == len(inputs)
+    values = {}
+    for dest, action in actions.items():
+        entry = inputs[dest]
+        assert entry["optional"] == bool(action.option_strings)
+        if action.option_strings:
+            assert entry["command-line-flag"] in action.option_strings
+        if action.choices is not None:
+            assert entry["value-choices"] == list(action.choices)
+            values[dest] = list(action.choices)[-1]
+        elif entry["type"] == "Flag":
+            values[dest] = True
+        elif entry["type"] == "Number":
+            values[dest] = 3 if entry["integer"] else 1.5
+        else:
+            values[dest] = f"/x/{dest}"
+        if entry.get("list"):
+            values[dest] = [values[dest], values[dest]]
+    for dest in ("mem_gb", "icl_mem_gb", "mini_context_size", "config_file", "derivatives"):
+        values.pop(dest, None)  # typed by their own parsers; --config-file reads its file
+    args = vars(parser.parse_args(_render(descriptor, values)))
+
+    def plain(value):
+        return [str(v) for v in value] if isinstance(value, list) else \
+            str(value) if isinstance(value, Path) else value
+
+    for dest, value in values.items():
+        expected = 1 if isinstance(actions[dest], argparse._CountAction) else value
+        assert plain(args[dest]) == plain(expected), dest
+    codes = {e["code"] for e in descriptor["error-codes"]}
+    assert codes == {errors.EXIT_FAILURE, errors.EXIT_VALIDATION, errors.EXIT_NOTHING_SELECTED,
+                     errors.EXIT_USAGE, errors.EXIT_BAD_INPUT, errors.EXIT_MISSING_INPUT,
+                     errors.EXIT_CANNOT_CREATE, EXIT_LOCKED}

@@ -2,6 +2,7 @@
 log file (``-v`` brings it back); a live display on a terminal; durations never negative."""
 import argparse
 import io
+import json
 import logging
 import os
 import subprocess
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from neuroverse_bids import logs
+from neuroverse_bids import logs, progress
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_nipype_crash_traceback_is_left_to_the_summary(console, capsys):
 
 def test_durations_are_never_negative(console, caplog):
     console(0)
-    reporter = logs.ProgressReporter(totals={"sub-01": 2})
+    reporter = progress.ProgressReporter(totals={"sub-01": 2})
     with caplog.at_level(logging.INFO, logger="neuroverse3d.progress"):
         reporter(_node("neuroverse3d_wf.ds_sub_01_wf.ds_mask"), "end")  # no "start" (main process)
         reporter(_node("neuroverse3d_wf.sub_01_wf.icl"), "start")
@@ -84,10 +85,11 @@ class _Terminal(io.StringIO):
 def test_live_display_on_a_terminal(console, monkeypatch):
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(sys, "stdout", terminal)
     monkeypatch.setenv("TERM", "xterm")
     console(0)
     assert logs.stderr_is_terminal()
-    reporter = logs.ProgressReporter(totals={"sub-01": 2, "sub-02": 2, "context sub-03": 1},
+    reporter = progress.ProgressReporter(totals={"sub-01": 2, "sub-02": 2, "context sub-03": 1},
                                      live=True)
     with reporter:
         reporter(_node("wf.context_set_wf.context_sub_03_wf.register"), "start")
@@ -95,7 +97,9 @@ def test_live_display_on_a_terminal(console, monkeypatch):
         reporter(_node("wf.sub_01_wf.register"), "start")
         reporter(_node("wf.sub_01_wf.register"), "end")
         logging.getLogger("neuroverse3d").warning("disk almost full")
+        print("a line printed during the run")
         lines = reporter.display.lines()
+    assert sys.stdout is terminal  # restored
     text = terminal.getvalue()
     # one line per participant (context pairs share one) and a total, redrawn in place
     assert [line.split()[0] for line in lines] == ["context", "sub-01", "sub-02", "total"]
@@ -103,6 +107,7 @@ def test_live_display_on_a_terminal(console, monkeypatch):
     assert "2/5" in lines[3]
     assert "\x1b[" in text  # cursor movement: redrawn, not appended
     assert "WARNING neuroverse3d: disk almost full" in text
+    assert "a line printed during the run\n" in text
     assert "| register: finished" not in text  # per-node lines are left to the file
 
 
@@ -114,7 +119,7 @@ def test_worker_records_reach_the_log_file_not_the_console(tmp_path):
         import argparse
         from nipype.interfaces import utility as niu
         from nipype.pipeline import engine as pe
-        from neuroverse_bids import logs
+        from neuroverse_bids import logs, progress
         from neuroverse_bids.execution import register_plugin, reporting
 
         def add(a):
@@ -144,5 +149,24 @@ def test_worker_records_reach_the_log_file_not_the_console(tmp_path):
     console_text = result.stdout + result.stderr
     assert "[Node]" not in console_text and "nipype.workflow INFO" not in console_text
     assert "sub-01 | sub_01_add: finished in" in result.stderr
+    assert ": started" not in result.stderr  # one line per node on the console
     log_text = (tmp_path / "out" / "logs" / "neuroverse3d_w.log").read_text()
     assert '[Node] Executing "sub_01_add"' in log_text  # written by a worker process
+    assert "sub-01 | sub_01_add: started" in log_text
+
+
+def test_each_run_logs_to_its_own_file_with_its_configuration(tmp_path):
+    args = argparse.Namespace(bids_dir=tmp_path / "bids", participant_label=["01"], nprocs=2)
+    log_file = logs.setup_run_logging(tmp_path / "out", args, run_id="test1")
+    assert log_file == tmp_path / "out/logs/neuroverse3d_test1.log"
+    config = json.loads((tmp_path / "out/logs/neuroverse3d_test1_config.json").read_text())
+    assert config["Arguments"] == {"bids_dir": str(tmp_path / "bids"), "participant_label": ["01"],
+                                   "nprocs": 2}
+    assert config["RunId"] == "test1" and config["Versions"]["nipype"]
+    logging.getLogger("neuroverse3d").warning("a message for the file")
+    second = logs.setup_run_logging(tmp_path / "out", args, run_id="test2")
+    logging.getLogger("neuroverse3d").warning("only in the second")
+    assert "a message for the file" in log_file.read_text()
+    assert "only in the second" not in log_file.read_text()
+    assert "only in the second" in second.read_text()
+    assert logs.current_log_file() == second

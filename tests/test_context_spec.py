@@ -31,7 +31,7 @@ def test_spec_file_paths_are_relative_to_the_file(tmp_path):
      UsageError, "unknown keys"),
     ({"task": "segmentation", "labels": {"dataset": "labels"}}, UsageError, "at least one structure"),
     ({"task": "segmentation", "labels": {"dataset": "nowhere"}, "structures": [{"name": "a", "mask": "a"}]},
-     MissingInputError, "does not exist"),
+     MissingInputError, "neither a name given with -d"),
     ({"task": "segmentation", "labels": {"dataset": "labels"},
       "structures": [{"name": "a", "mask": "a", "dseg": "a"}]}, UsageError, "exactly one"),
     ({"task": "generation", "degradation": "blur"}, UsageError, "unknown degradation"),

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 START = Path(__file__).resolve().parent.parent / "scripts" / "start-local-slurm.sh"
-SUBJECTS = ["01", "02", "03"]
+SUBJECTS = ["01", "02"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def slurm():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def tiny_checkpoint(tmp_path_factory):
     from neuroverse_bids.model import Neuroverse3D, save_checkpoint
 
     torch.manual_seed(0)
@@ -66,12 +66,12 @@ def spec(demo_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def array_run(slurm, demo_dataset, tiny_model, spec, tmp_path_factory):
+def array_run(slurm, demo_dataset, tiny_checkpoint, spec, tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
     command = [sys.executable, "-m", "neuroverse_bids.cli.slurm", str(demo_dataset / "bids"),
                str(root / "out"), "-w", str(root / "work"), "--participant-label", *SUBJECTS,
                "--sbatch-args", "--cpus-per-task=1 --mem=1500M", "--wait", "--",
-               *_participant_options(demo_dataset, tiny_model, spec)]
+               *_participant_options(demo_dataset, tiny_checkpoint, spec)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500,
                           env=_env(demo_dataset))
     logs = "\n".join(p.read_text()[-1500:] for p in sorted((root / "work" / "slurm").glob("*.out")))
@@ -99,20 +99,64 @@ def test_array_builds_the_context_set_once_then_group(array_run):
     assert len(rows) == 1 + len(SUBJECTS)
 
 
-def test_one_participant_through_nipype_slurm_plugin(array_run, demo_dataset, tiny_model, spec):
+def test_one_participant_through_nipype_slurm_plugin(array_run, demo_dataset, tiny_checkpoint, spec):
     """Nodes run as SLURM jobs; the context set comes from the array's cache."""
     out, work = array_run / "out", array_run / "work_plugin"
     plugin = array_run / "slurm_plugin.json"
     plugin.write_text(json.dumps({"plugin": "SLURM",
                                   "plugin_args": {"sbatch_args": "--mem=1500M --cpus-per-task=1"}}))
     command = [sys.executable, "-m", "neuroverse_bids.cli.run", str(demo_dataset / "bids"),
-               str(out), "participant", "--participant-label", "04", "-w", str(work),
-               "--use-plugin", str(plugin), *_participant_options(demo_dataset, tiny_model, spec)]
+               str(out), "participant", "--participant-label", "03", "-w", str(work),
+               "--use-plugin", str(plugin), *_participant_options(demo_dataset, tiny_checkpoint, spec)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500,
                           env=_env(demo_dataset))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (out / "sub-04" / "anat" / "sub-04_desc-brain_mask.nii.gz").is_file()
+    assert (out / "sub-03" / "anat" / "sub-03_desc-brain_mask.nii.gz").is_file()
     # the nodes ran as batch jobs: Nipype's SLURM plugin leaves its batch scripts
     assert list(work.rglob("batch/batchscript_*.sh"))
-    sidecar = json.loads((out / "sub-04" / "anat" / "sub-04_desc-brain_mask.json").read_text())
-    assert sidecar["ContextSet"]["Reused"] is True
+    statuses = [json.loads(p.read_text()) for p in (out / "logs").glob("context-set_*.json")]
+    assert [s["Reused"] for s in statuses if s["Subjects"] == ["03"]] == [True]
+
+
+def test_icl_node_reserves_its_memory_plan(tiny_checkpoint):
+    """--mem is the scheduler's total; each ICL node reserves the predictor's plan for the
+    model grid and as many processors as --omp-nthreads."""
+    from neuroverse_bids.cli.parser import build_parser
+    from neuroverse_bids.cli.participant import icl_resources
+    from neuroverse_bids.model import load_checkpoint
+    from neuroverse_bids.workflows.errors import UsageError
+
+    model = load_checkpoint(tiny_checkpoint)
+    base = ["bids", "out", "participant", "--device", "cpu", "--precision", "float32",
+            "--omp-nthreads", "3"]
+    args = build_parser().parse_args(base + ["--mem", "8GB"])
+    small, inference = icl_resources(model, {"shape": [16] * 3}, 2, 4, args)
+    assert small["n_procs"] == 3 and 0 < small["mem_gb"] < 8
+    assert inference["mini_context_size"] >= 1 and inference["mem_gb"] == 8.0
+    large, _ = icl_resources(model, {"shape": [64] * 3}, 2, 4, args)
+    assert large["mem_gb"] > small["mem_gb"]
+    assert build_parser().parse_args(base + ["--mem", "8000"]).mem_gb == 8000 / 1024  # MB
+    with pytest.raises(UsageError, match="--mem"):
+        icl_resources(model, {"shape": [64] * 3}, 2, 4,
+                      build_parser().parse_args(base + ["--mem", "300MB"]))
+
+
+def test_dry_run_writes_the_array_and_group_scripts(tmp_path, capsys):
+    from neuroverse_bids.cli.slurm import main
+
+    bids = tmp_path / "bids"
+    code = main([str(bids), str(tmp_path / "out"), "-w", str(tmp_path / "work"),
+                 "--participant-label", "sub-01", "02", "--max-parallel", "1", "--dry-run",
+                 "--sbatch-args", "--cpus-per-task=4 --mem=8G", "--", "--context-spec", "s.json"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "--array=1-2%1 --cpus-per-task=4 --mem=8G" in printed
+    assert "--dependency=afterok:" in printed and "--kill-on-invalid-dep=yes" in printed
+    folder = tmp_path / "work" / "slurm"
+    assert (folder / "participants.txt").read_text() == "01\n02\n"
+    script = (folder / "participant.sbatch").read_text()
+    assert f"--context-cache {tmp_path / 'out' / 'cache' / 'context-sets'}" in script
+    assert '--participant-label "$label"' in script and "--context-spec s.json" in script
+    assert "--nprocs ${SLURM_CPUS_PER_TASK:-1}" in script and "--mem ${SLURM_MEM_PER_NODE" in script
+    assert " group " in (folder / "group.sbatch").read_text()
+    assert main([str(bids), str(tmp_path / "out"), "--dry-run", "--", "-w", "x"]) == 64

@@ -1,4 +1,10 @@
-"""Neuroverse3D workflows: the context set (built once per run) and the per-image ICL workflow.
+"""Neuroverse3D workflows: the context set and the per-image ICL workflow.
+
+The BIDS-App runs :func:`init_context_set_wf` once per context-cache entry, before any
+participant workflow (``neuroverse_bids.context_cache.build_pool``, under the cache's lock);
+participant workflows then take their context sets out of the cached pool with
+:func:`init_cached_context_set_wf`. A host pipeline can also connect
+:func:`init_context_set_wf` directly.
 
 ``init_neuroverse3d_wf`` is the embeddable piece: give it a native-space image, the template, the
 model grid and a context set, get back native- and template-space results and the transforms.

@@ -154,10 +154,13 @@ def init_main_wf(*, targets: Dict[str, Sequence[str]], pairs: Sequence,
         context_wf.inputs.inputnode.template_file = template_file
         context_wf.inputs.inputnode.grid_reference = grid_reference
     resources = {f"icl_{k}": v for k, v in (icl_resources or {}).items()}
+    # what the pages show of the run (volatile entries would rerun the report nodes)
+    report_meta = {k: static_meta[k] for k in ("ContextSpec", "Template", "Software")
+                   if k in static_meta}
     for subject, images in targets.items():
         report_wf = init_report_wf(output_dir=output_dir, subject=subject, n_images=len(images),
                                    task=task, output_names=output_names,
-                                   grid_reference=grid_reference, static_meta=static_meta,
+                                   grid_reference=grid_reference, static_meta=report_meta,
                                    name=f"report_sub_{subject}_wf")
         workflow.connect([(context_wf, report_wf, [(f"outputnode.{subset_of[subject]}",
                                                     "inputnode.context_set")])])

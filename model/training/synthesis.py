@@ -39,6 +39,7 @@ class SynthesisConfig:
 
 
 def uniform(generator: torch.Generator, low: float, high: float) -> float:
+    """One number ~ U(low, high) drawn from ``generator``."""
     return float(low + (high - low) * torch.rand((), generator=generator))
 
 
@@ -145,7 +146,7 @@ def add_inpainting_mask(image: Tensor, generator: torch.Generator, cells: Sequen
     return image.masked_fill(mask, 0.0)
 
 
-def downsample_x2(image: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+def downsample_x2(image: Tensor) -> Tensor:
     """Average-pool by 2 and trilinear-upsample back: a x2 lower resolution (deterministic)."""
     low = F.avg_pool3d(image[None, None], kernel_size=2, stride=2, ceil_mode=True)
     return F.interpolate(low, size=tuple(image.shape), mode="trilinear",

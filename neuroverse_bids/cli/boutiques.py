@@ -52,10 +52,12 @@ def _input(action: argparse.Action) -> dict:
         entry["value-choices"] = list(action.choices)
     if action.nargs != 0 and isinstance(action.default, (str, int, float)):
         entry["default-value"] = action.default
-    if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
+    if action.nargs in ("+", "*"):
         entry["list"] = True
         if action.nargs == "+":
             entry["min-list-entries"] = 1
+    elif isinstance(action, argparse._AppendAction):  # --mask a --mask b: repeat the flag
+        entry.update({"list": True, "list-separator": f" {entry['command-line-flag']} "})
     if isinstance(action, argparse._CountAction):  # -v -v: a flag in the descriptor
         entry["description"] += " (the descriptor passes it once)"
     return entry

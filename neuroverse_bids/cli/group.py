@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..workflows.reports.group import build_group_report, collect_volumes  # noqa: F401
+from ..workflows.reports.group import build_group_report
 
 
 def run_group(bids_dir: Path, output_dir: Path, args) -> int:

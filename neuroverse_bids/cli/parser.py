@@ -20,13 +20,22 @@ def _strip_ses(value: str) -> str:
     return value[4:] if value.startswith("ses-") else value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one and the help does not already say it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, 0, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ExitCode64Parser(
         prog="neuroverse3d",
         description="Neuroverse3D: 3D in-context learning on BIDS datasets. Segments any structure "
                     "or performs any generation task that a small set of example pairs (the "
                     "context) shows, without retraining.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="the root folder of a BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path,
@@ -71,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     context.add_argument("--num-contexts", type=positive_int, metavar="N",
                          help=f"context pairs per target (default: {DEFAULT_NUM_CONTEXTS} or the spec's)")
     context.add_argument("--context-seed", type=int, metavar="SEED",
-                         help="seed of the context choice (default: 0 or the spec's)")
+                         help="seed of the context choice (and of the run's other random "
+                              "choices); wins over --random-seed and the spec's seed "
+                              "(default: --random-seed, else the spec's, else 0)")
 
     derivatives = parser.add_argument_group(
         "Derivatives and the context cache", "Datasets a context spec can name, and where the "
@@ -98,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     workflow.add_argument("--sloppy", action="store_true",
                           help="coarse, fast registration (for testing only)")
     workflow.add_argument("--random-seed", type=int, metavar="SEED",
-                          help="seed of every random choice of the run: the context choice "
-                               "(unless --context-seed), the synthetic degradations and the "
-                               "registration's metric sampling (default: the context seed)")
+                          help="seed of every random choice of the run: the context choice, "
+                               "the synthetic degradations, the registration's metric sampling "
+                               "(--context-seed, if given, wins; default: the spec's seed, else 0)")
 
     add_inference_options(parser)
 

@@ -219,8 +219,9 @@ def prepare_context_set(plan: ParticipantPlan, plugin: Dict) -> Dict:
         plan.cache_dir, plan.cache_request,
         lambda folder: context_cache.build_pool(folder, plugin=plugin, **plan.build_args))
     pool_file = str(Path(status["Entry"]) / context_cache.POOL_FILE)
-    meta = dict(plan.workflow_args["static_meta"], ContextSet={
-        k: status[k] for k in ("CacheKey", "Reused", "SecondsPreparing") if k in status})
+    # the sidecars name the entry (stable across reruns); what this job reused and how long it
+    # waited go to logs/context-set_<key>_<job>.json
+    meta = dict(plan.workflow_args["static_meta"], ContextSet={"CacheKey": status["CacheKey"]})
     from ..workflows.participant import init_main_wf
 
     plan.workflow = init_main_wf(**dict(plan.workflow_args, static_meta=meta,
@@ -266,11 +267,11 @@ def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
     try:
         with reporting(plugin) as build_plugin:
             prepare_context_set(plan, build_plugin)
-    except RuntimeError as error:  # a node of the context build failed
-        crashes = [str(p) for p in report_crashes([plan.work_dir / "crash"], since=started)]
-        raise NeuroverseError(f"building the context set failed ({error}); crash reports: "
-                              f"{', '.join(crashes) or plan.work_dir / 'crash'}",
-                              exit_code=1) from None
+    except RuntimeError:  # a node of the context build failed (Nipype's text: a traceback)
+        crashes = report_crashes([plan.work_dir / "crash"], since=started)
+        raise NeuroverseError(f"building the context set failed ({len(crashes)} step(s)): see "
+                              f"the summaries above and the crash files in "
+                              f"{plan.work_dir / 'crash'}", exit_code=1) from None
     workflow = plan.workflow
     workflow.config["execution"].update({
         "crashdump_dir": str(crash_dir),
@@ -284,13 +285,13 @@ def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
     try:
         with reporting(plugin, workflow) as run_plugin:
             workflow.run(**run_plugin)
-    except RuntimeError as error:  # Nipype ran every step it could; the others crashed
+    except RuntimeError:  # Nipype ran every step it could; the others crashed
         crashes = report_crashes([crash_dir], since=started)
         write_reports(plan)  # the reports list the crash files
         raise NeuroverseError(
-            f"{len(crashes) or 'some'} step(s) failed ({str(error).splitlines()[0][:200]}): see "
-            f"the summaries above and the crash files in {crash_dir}; the outputs of the "
-            "participants whose steps all finished are written", exit_code=1) from None
+            f"{len(crashes) or 'some'} step(s) failed: see the summaries above and the crash "
+            f"files in {crash_dir}; the outputs of the participants whose steps all finished "
+            "are written", exit_code=1) from None
     reports = write_reports(plan)
     print(f"neuroverse3d: finished {len(plan.subjects)} participant(s); outputs in {plan.output_dir}"
           + (f"; reports: {', '.join(str(r) for r in reports)}" if reports else ""))

@@ -191,7 +191,6 @@ class OnModelGrid:
         self.template_grid = self.template_t1w = None
         if args.register:
             self._template(template)
-        self.target_transform = None
 
     def _template(self, template):
         from ..workflows.geometry import model_grid

@@ -3,6 +3,9 @@
 Everything that can be checked before the workflow runs is checked first (paths, BIDS
 validity, participants, context pairs, model, template), so bad input fails in seconds with a
 clear message and the exit code of the BIDS-Apps spec, and nothing is written to ``bids_dir``.
+A participant run holds its work folder for its whole life (``locks.py``: a second run on it
+exits 75); ``--reports-only`` only renders the reports again; ``--config-file`` makes a saved
+run's arguments the defaults (``config_file.py``).
 """
 from __future__ import annotations
 

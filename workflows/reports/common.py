@@ -10,8 +10,6 @@ import numpy as np
 
 from ..niftiio import write_text_atomic  # noqa: F401 - the reports' writer
 
-#: image formats the reports write and link
-FIGURE_SUFFIXES = (".png", ".svg")
 _SRC = re.compile(r"""<(?:img[^>]*\ssrc|object[^>]*\sdata)=["']([^"']+)["']""", re.IGNORECASE)
 
 #: the methods boilerplate (CC0): the text may be copied into manuscripts unchanged

@@ -85,16 +85,18 @@ def cut_coords(image, count: int, rows: Sequence[str] = ROWS) -> Dict[str, List[
 def _mosaic(image, masks: Dict[str, object], cuts: Dict[str, List[float]], title=None):
     """A figure: one row of slices per axis of ``cuts``, masks drawn as outlines at 0.5."""
     img = _load(image)
+    data = np.asanyarray(img.dataobj)
+    inside = data[data > 0]
+    vmax = float(np.percentile(inside, 99.5)) if inside.size else 1.0
+    outlines = [(m, c) for m, c in zip(map(_load, masks.values()), COLOURS * 8) if _has_voxels(m)]
     rows, count = list(cuts), max(len(c) for c in cuts.values())
     figure = plt.figure(figsize=(count * 1.6, len(rows) * 1.6 + 0.3), facecolor="black")
     height = 1 / len(rows)
     for index, axis in enumerate(rows):
         display = _anat(img, figure, [0, 1 - (index + 1) * height, 1, height - 0.01], axis,
-                        cuts[axis], title=title if index == 0 else None)
-        for (name, mask), colour in zip(masks.items(), COLOURS * 8):
-            mask_img = _load(mask)
-            if _has_voxels(mask_img):
-                display.add_contours(mask_img, levels=[0.5], colors=[colour], linewidths=1.2)
+                        cuts[axis], title=title if index == 0 else None, vmax=vmax)
+        for mask_img, colour in outlines:
+            display.add_contours(mask_img, levels=[0.5], colors=[colour], linewidths=1.2)
     return figure
 
 

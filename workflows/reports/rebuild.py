@@ -2,8 +2,9 @@
 
 Subject pages are rendered again from the facts the report nodes saved
 (``sub-<label>/figures/sub-<label>_report.json``) and the crash files now in ``logs/``; the
-group page from the native masks, when the group level made one before. Nothing is read from
-the work folder, and no figure is redrawn (a missing one is named on the page).
+group page from the native masks, when the group level made one before. No figure is redrawn
+(a missing one is named on the page) and no node result is read from the work folder (only a
+crash file's pointer to the inputs report of its failed node, when that is still there).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Iterable, List, Optional
 
 from ..errors import MissingInputError
 from .subject import facts_path, render_subject_report
-
 
 
 def _subjects_with_reports(output_dir: Path) -> List[str]:
