@@ -5,8 +5,8 @@ grid, template, selection). Its name is a content hash of that request (:func:`r
 which includes the sha256 of every source file, so an edited label or another grid is another
 entry and a stale one is never read::
 
-    <cache>/<key>/manifest.json        the request, the sha256 of each file below, who built
-                                       it and in how many seconds
+    <cache>/<key>/manifest.json        the request, the source paths, the sha256 of each file
+                                       below, who built it and in how many seconds
     <cache>/<key>/pairs/sub-<label>_*  each pair on the model grid (image not normalised)
     <cache>/<key>/context_pool.npz     the stacked pool: images [L,D,H,W] (normalised to
                                        [0, 1]), outputs [K,L,D,H,W], subjects [L]
@@ -147,10 +147,13 @@ def check_entry(entry: Path, request: dict) -> Optional[str]:
     return None
 
 
-def ensure_entry(cache_dir, request: dict, build: Callable[[Path], None]) -> dict:
+def ensure_entry(cache_dir, request: dict, build: Callable[[Path], None],
+                 sources: Optional[dict] = None) -> dict:
     """The entry for ``request`` under ``cache_dir``, built by ``build(folder)`` when needed.
 
-    ``build`` writes its files into an empty folder. Returns what happened, for the sidecars:
+    ``build`` writes its files into an empty folder; ``sources`` (where the inputs were read,
+    not part of the key: the same data mounted elsewhere is the same entry) goes into the
+    manifest. Returns what happened, for the sidecars:
     ``CacheKey``, ``Entry``, ``Reused``, ``RebuiltBecause`` (a rejected entry), ``BuiltBy``,
     ``SecondsWaiting`` (for the lock) and ``SecondsPreparing`` (wait + build or check).
     """
@@ -184,7 +187,8 @@ def ensure_entry(cache_dir, request: dict, build: Callable[[Path], None]) -> dic
             build(tmp)
             files = {str(p.relative_to(tmp)): file_sha256(p)
                      for p in sorted(tmp.rglob("*")) if p.is_file()}
-            manifest = {"Format": CACHE_FORMAT, "Key": key, "Request": request, "Files": files,
+            manifest = {"Format": CACHE_FORMAT, "Key": key, "Request": request,
+                        "Sources": sources or {}, "Files": files,
                         "BuiltBy": _who(), "BuiltAt": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "SecondsBuilding": round(time.perf_counter() - built, 3)}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
@@ -200,8 +204,14 @@ def ensure_entry(cache_dir, request: dict, build: Callable[[Path], None]) -> dic
 
 
 # ------------------------------------------------------------------------ the context pool
+def pool_sources(pairs) -> dict:
+    """Where each pair's files were read: subject -> paths (image first)."""
+    return {p.subject: [str(f) for f in (p.image, *p.outputs)] for p in pairs}
+
+
 def pool_request(spec, pairs, grid: Dict, template: str, template_file, sloppy: bool) -> dict:
-    """What determines the pool's content: spec, model grid, template, selection (+ sha256)."""
+    """What determines the pool's content: spec, model grid, template, and the selection (each
+    pair's subject, the sha256 of its files and its dseg indices)."""
     spec_dict = spec.to_dict()
     return {
         "Format": CACHE_FORMAT,
@@ -210,9 +220,8 @@ def pool_request(spec, pairs, grid: Dict, template: str, template_file, sloppy: 
         "Grid": {"shape": grid["shape"], "voxel_size_mm": grid["voxel_size_mm"]},
         "Template": template, "TemplateDataSHA256": image_digest(template_file),
         "Sloppy": bool(sloppy),
-        "Pairs": [{"subject": p.subject,
-                   "image": {"path": str(p.image), "sha256": file_sha256(p.image)},
-                   "outputs": [{"path": str(o), "sha256": file_sha256(o), "labels": v}
+        "Pairs": [{"subject": p.subject, "image": {"sha256": file_sha256(p.image)},
+                   "outputs": [{"sha256": file_sha256(o), "labels": v}
                                for o, v in zip(p.outputs, p.label_values)]}
                   for p in pairs],
     }

@@ -1,4 +1,4 @@
-"""Running a Nipype workflow so that its workers die with the main process.
+"""Running a Nipype workflow: workers that die with the main process, progress, crashes.
 
 Nipype's MultiProc plugin runs nodes in a ``ProcessPoolExecutor``; with the ``forkserver``
 context (which the app uses, see ``cli/run.py``) the workers are children of the forkserver,
@@ -8,7 +8,11 @@ work directory. :class:`SafeMultiProcPlugin` starts each worker with
 :func:`worker_initializer`: on Linux the kernel kills the worker when its parent dies
 (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), and everywhere a watchdog thread ends the worker within
 a second once the main process is gone. The initializer also sends the worker's log records to
-the run's log file (``logs.configure_worker_logging``).
+the run's log file (``logs.configure_worker_logging``). ``plugin="SafeMultiProc"`` names it
+for ``workflow.run`` once :func:`register_plugin` ran.
+
+:func:`reporting` adds the progress reporter (``progress.py``) to a run's plugin settings;
+:func:`report_crashes` summarises a run's crash files on the console.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +57,7 @@ def _alive(pid: int) -> bool:
 def _watch(main_pid: int, interval: float):
     """Exit this worker (without cleanup: its node's work is void) once ``main_pid`` is gone."""
     while _alive(main_pid):
-        threading.Event().wait(interval)
+        time.sleep(interval)
     os._exit(1)
 
 

@@ -268,9 +268,10 @@ def test_fmriprep_derivatives_segment_a_union_of_aseg_structures(fmriprep_run, d
     entries = [p for p in (fmriprep_run / "cache" / "context-sets").iterdir() if p.is_dir()]
     assert len(entries) == 1
     manifest = json.loads((entries[0] / "manifest.json").read_text())
-    sources = [o["path"] for pair in manifest["Request"]["Pairs"] for o in pair["outputs"]]
-    assert all(Path(p).parent.parent.parent == fmriprep and p.endswith("_desc-aseg_dseg.nii.gz")
-               for p in sources)
+    sources = [files[1] for files in manifest["Sources"].values()]  # image, then its label
+    assert len(sources) == 3 and all(
+        Path(p).parent.parent.parent == fmriprep and p.endswith("_desc-aseg_dseg.nii.gz")
+        for p in sources)
     assert all(len(o["sha256"]) == 64 for pair in manifest["Request"]["Pairs"]
                for o in pair["outputs"])
 

@@ -217,7 +217,8 @@ def prepare_context_set(plan: ParticipantPlan, plugin: Dict) -> Dict:
 
     status = context_cache.ensure_entry(
         plan.cache_dir, plan.cache_request,
-        lambda folder: context_cache.build_pool(folder, plugin=plugin, **plan.build_args))
+        lambda folder: context_cache.build_pool(folder, plugin=plugin, **plan.build_args),
+        sources=context_cache.pool_sources(plan.build_args["pairs"]))
     pool_file = str(Path(status["Entry"]) / context_cache.POOL_FILE)
     # the sidecars name the entry (stable across reruns); what this job reused and how long it
     # waited go to logs/context-set_<key>_<job>.json

@@ -16,6 +16,14 @@ context subjects used), ``eval.json`` (mean +- std per dataset/task/structure/L/
 configuration, the splits, the model's provenance, timings; non-finite values as null) and
 ``eval.png`` (metric vs context size, model solid, baseline dashed).
 
+``--selection random similar`` and ``--ensemble 1 4`` add methods to the segmentation task
+(``model-similar``: the L pool subjects most similar to the target by NCC, inside
+``--similarity-mask`` if given; ``model-ens4``: the mean of 4 members, member k using the
+k-th distinct context set, member 0 being the single draw): then also
+``selection_ensemble.md`` and ``reliability.png`` (mean Dice per method and L, gains,
+Spearman of the uncertainty summaries vs 1 - Dice, calibration), and ``comparison`` and
+``selected`` (the chosen subjects and their scores) in ``eval.json``.
+
 Exit codes: 0 success, 64 usage error, 65 bad data or model, 66 missing input, 73 cannot write.
 """
 from __future__ import annotations
@@ -32,6 +40,8 @@ from .. import __version__
 from ..cli.options import ExitCode64Parser, positive_int
 from ..errors import EXIT_OK, run_with_exit_codes
 from ..workflows.errors import BadInputError, MissingInputError, OutputError, UsageError
+from ..model.selection import SELECTIONS
+from .comparison import compare, markdown, plot_reliability
 from .protocol import BASELINES, CONTEXT_SIZES, DEFAULT_TASKS, Evaluator, load_structures
 from .report import summarise, write_outputs
 
@@ -62,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-test-subjects", type=positive_int,
                         help="evaluate at most this many test subjects per dataset (quick runs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of splits and draws (default 0)")
+    group = parser.add_argument_group("context selection and ensembles (segmentation)")
+    group.add_argument("--selection", nargs="+", choices=SELECTIONS, default=["random"],
+                       help="context selection(s) to evaluate (default: random)")
+    group.add_argument("--ensemble", nargs="+", type=positive_int, default=[1], metavar="K",
+                       help="ensemble size(s) to evaluate (default: 1, one prediction)")
+    group.add_argument("--similarity-mask", type=Path, metavar="NIFTI",
+                       help="similar selection compares images inside this mask on the model "
+                       "grid (> 0; e.g. atlas/atlas-MNI152NLin2009aSym_dseg.nii.gz of "
+                       "neuroverse3d-make-training-data, the template brain); default: the "
+                       "target's nonzero voxels")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="float32",
                         help="float32 (default), bfloat16, float16 (CUDA) or auto")
@@ -82,7 +102,7 @@ def run(args) -> int:
 
     from ..model import load_checkpoint
     from ..model.predictor import Predictor
-    from ..model.training import load_manifest
+    from ..model.training import VolumeLoader, load_manifest
 
     if not 0 < args.test_fraction < 1:
         raise UsageError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
@@ -109,9 +129,19 @@ def run(args) -> int:
         predictor = Predictor(model, device=args.device, precision=args.precision)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    mask = None
+    if args.similarity_mask is not None:
+        if not args.similarity_mask.is_file():
+            raise MissingInputError(f"{args.similarity_mask}: similarity mask not found")
+        try:
+            mask = VolumeLoader(manifest, grid)(str(args.similarity_mask.resolve()), "label") > 0
+        except (ValueError, EOFError, ImageFileError, OSError) as error:
+            raise BadInputError(f"{args.similarity_mask}: not a readable mask: {error}") from None
     _check_output(args.out)
     evaluator = Evaluator(predictor, manifest, grid, structures, args.tasks, args.context_sizes,
-                          args.draws, args.seed, args.test_fraction, args.max_test_subjects)
+                          args.draws, args.seed, args.test_fraction, args.max_test_subjects,
+                          selections=args.selection, ensembles=args.ensemble,
+                          similarity_mask=mask)
     start = time.perf_counter()
     try:
         rows = evaluator.run()
@@ -136,13 +166,23 @@ def run(args) -> int:
                        "device": str(predictor.device), "precision": predictor.precision,
                        "reduced_precision_error": getattr(predictor, "reduced_precision_error",
                                                           None),
-                       "baselines": BASELINES},
+                       "baselines": BASELINES, "selection": args.selection,
+                       "ensemble": sorted(set(args.ensemble)),
+                       "similarity_mask": str(args.similarity_mask.resolve())
+                       if args.similarity_mask else None},
             "splits": evaluator.splits, "skipped": evaluator.skipped,
             "timing": {"total_s": total, "predict_calls": len(calls),
                        "predict_s": sum(calls), "predict_mean_s": float(np.mean(calls)) if calls
                        else None, "predict_s_per_task": {t: sum(s) for t, s in
                                                          evaluator.predict_seconds.items()}}}
-    paths = write_outputs(args.out, rows, summarise(rows), info)
+    summary = summarise(rows)
+    extra = {}
+    if args.selection != ["random"] or set(args.ensemble) != {1}:
+        comparison = compare(summary, rows, evaluator.reliability)
+        info.update(comparison=comparison, selected=evaluator.selected)
+        extra = {"comparison": markdown(comparison),
+                 "reliability": lambda path: plot_reliability(comparison, path)}
+    paths = write_outputs(args.out, rows, summary, info, **extra)
     print(f"neuroverse3d-eval: {len(rows)} results in {total:.1f} s; wrote "
           f"{', '.join(str(p) for p in paths.values())}")
     return EXIT_OK

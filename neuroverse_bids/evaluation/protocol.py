@@ -12,14 +12,24 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..anatomy.synth import subject_seed
+from ..model.ensemble import EnsembleResult, RunningMoments, structure_uncertainty
+from ..model.selection import check_request, context_sets, random_ordering, rank_pool
 from ..model.training import SEGMENTATION, VolumeLoader, dice, make_pair, psnr
 from ..workflows.errors import BadInputError, MissingInputError
+from .calibration import Reliability
 from .report import COLUMNS
 
 CONTEXT_SIZES = (1, 2, 4, 8, 16)
 DEFAULT_TASKS = ("segmentation", "gaussian-noise", "inpainting")
 #: metric -> the baseline method it is compared with
 BASELINES = {"dice": "majority-vote", "psnr": "degraded-input"}
+
+
+def method_name(base: str, selection: str = "random", members: int = 1) -> str:
+    """``model`` (random, one draw: the paper's protocol), ``model-similar``,
+    ``model-ens4``, ``model-similar-ens4``; baselines likewise (``majority-vote-similar``)."""
+    return base + ("-similar" if selection == "similar" else "") + \
+        (f"-ens{members}" if members > 1 else "")
 
 
 def draw_seed(seed: int, *key) -> int:
@@ -67,8 +77,14 @@ class Evaluator:
 
     def __init__(self, predictor, manifest, grid, structures=None, tasks=DEFAULT_TASKS,
                  context_sizes=CONTEXT_SIZES, draws: int = 10, seed: int = 0,
-                 test_fraction: float = 0.2, max_test_subjects: Optional[int] = None, log=print):
+                 test_fraction: float = 0.2, max_test_subjects: Optional[int] = None, log=print,
+                 selections: Sequence[str] = ("random",), ensembles: Sequence[int] = (1,),
+                 similarity_mask=None):
         self.predictor, self.manifest = predictor, manifest
+        self.selections, self.ensembles = list(dict.fromkeys(selections)), sorted(set(ensembles))
+        self.similarity_mask = similarity_mask
+        #: method -> context size -> :class:`.calibration.Reliability` (segmentation voxels)
+        self.reliability: Dict[str, Dict[int, Reliability]] = {}
         self.load = VolumeLoader(manifest, grid, cache_size=256)
         self.structures, self.tasks = structures or {}, list(tasks)
         self.context_sizes, self.draws, self.seed = sorted(set(context_sizes)), draws, seed
@@ -77,6 +93,8 @@ class Evaluator:
         self.skipped: List[str] = []
         self.splits: Dict[str, dict] = {}
         self.predict_seconds: Dict[str, List[float]] = {}
+        #: similar selection: per target and L, the chosen subjects and their NCC scores
+        self.selected: List[dict] = []
 
     def _predict(self, task, target, images, labels):
         start = time.perf_counter()
@@ -112,35 +130,95 @@ class Evaluator:
             if too_big:
                 self._skip(f"{dataset.name}: context sizes {', '.join(map(str, too_big))} "
                            f"(larger than the pool of {len(pool)})")
+            members = max(self.ensembles)
+            too_many = [L for L in sizes if check_request(len(pool), L, members)]
+            if too_many:
+                self._skip(f"{dataset.name}: context sizes {', '.join(map(str, too_many))} "
+                           f"(a pool of {len(pool)} has fewer than {members} distinct sets)")
+                sizes = [L for L in sizes if L not in too_many]
             for index, target in enumerate(test):
+                ranking = None
                 for size in sizes:
                     for draw in range(self.draws):
-                        picks = torch.randperm(len(pool), generator=torch.Generator().manual_seed(
-                            draw_seed(self.seed, dataset.name, size, draw, index)))[:size]
-                        context = [subjects[pool[i]] for i in picks.tolist()]
+                        ordering = random_ordering(pool, draw_seed(self.seed, dataset.name, size,
+                                                                   draw, index))
+                        sets = [[subjects[i] for i in ids]
+                                for ids in context_sets(ordering, size, members)]
                         for task in tasks:
-                            self._episode(dataset, task, subjects[target], context, size, draw,
-                                          index)
+                            if task == SEGMENTATION:
+                                if "random" in self.selections:
+                                    self._segment(dataset, subjects[target], sets, size, draw,
+                                                  "random")
+                            else:
+                                self._episode(dataset, task, subjects[target], sets[0], size,
+                                              draw, index)
+                    if SEGMENTATION in tasks and "similar" in self.selections:
+                        if ranking is None:  # once per target: it does not depend on L
+                            ranking = self._rank(subjects[target], [subjects[i] for i in pool])
+                        sets = [[subjects[i] for i in ids]
+                                for ids in context_sets(list(ranking), size, members)]
+                        self._segment(dataset, subjects[target], sets, size, 0, "similar",
+                                      ranking)
             self.log(f"neuroverse3d-eval: {dataset.name}: {len(test)} test subjects, pool "
                      f"{len(pool)}, tasks {', '.join(tasks) or 'none'}")
         return self.rows
 
+    def _rank(self, target, pool) -> Dict[str, float]:
+        """{pool id: NCC with the target}, best first (:func:`.selection.rank_pool`)."""
+        ranked = rank_pool(self.load(target.image), [self.load(s.image) for s in pool],
+                           [s.id for s in pool], self.similarity_mask)
+        return dict(ranked)
+
+    def _masks(self, dataset, subjects) -> List[torch.Tensor]:
+        named = self.structures_of(dataset)
+        return [torch.stack([torch.isin(self.load(s.label, "label"),
+                                        torch.tensor(values, dtype=torch.int16)).float()
+                             for values in named.values()]) for s in subjects]
+
+    def _segment(self, dataset, target, sets, size, draw, selection, ranking=None):
+        """Segmentation with ensembles of the given context sets (member k: ``sets[k]``):
+        members run one by one into running sums; after member K, for every K asked for, the
+        mean is scored (Dice, uncertainty summaries, calibration). Member 0 alone is the
+        single prediction; its context labels' majority vote is the baseline."""
+        named = self.structures_of(dataset)
+        truth = self._masks(dataset, [target])[0]                       # [S, D, H, W]
+        image = self.load(target.image)
+        moments = RunningMoments()
+        for k, context in enumerate(sets[:max(self.ensembles)]):
+            labels = torch.stack(self._masks(dataset, context), dim=1)  # [S, L, D, H, W]
+            images = torch.stack([self.load(s.image) for s in context])
+            moments.add(self._predict(SEGMENTATION, image, images, labels))
+            ids = [s.id for s in sets[0]]
+            if k == 0:
+                vote = majority_vote(labels)
+                for s, name in enumerate(named):
+                    self.rows.append(_row(dataset.name, SEGMENTATION, name, "dice", size,
+                                          target.id, draw, method_name("majority-vote",
+                                                                       selection),
+                                          dice(vote[s], truth[s]), ids))
+            if k + 1 not in self.ensembles:
+                continue
+            method = method_name("model", selection, k + 1)
+            result = EnsembleResult(moments.mean, moments.std, moments.votes, moments.count)
+            summaries = structure_uncertainty(result)
+            reliability = self.reliability.setdefault(method, {}).setdefault(size, Reliability())
+            used = ",".join(s.id for context in sets[:k + 1] for s in context)
+            for s, name in enumerate(named):
+                reliability.add(result.mean[s], truth[s])
+                self.rows.append(_row(dataset.name, SEGMENTATION, name, "dice", size, target.id,
+                                      draw, method, dice(result.mean[s], truth[s]), [used]))
+                if k > 0:
+                    for summary, value in summaries[s].items():
+                        self.rows.append(_row(dataset.name, SEGMENTATION, name, summary, size,
+                                              target.id, draw, method, value, [used]))
+        if ranking is not None:
+            chosen = [s.id for s in sets[0]]
+            self.selected.append({"dataset": dataset.name, "subject": target.id,
+                                  "context_size": size, "chosen": chosen,
+                                  "scores": [round(ranking[i], 6) for i in chosen]})
+
     def _episode(self, dataset, task, target, context, size, draw, index):
         ids = [s.id for s in context]
-        if task == SEGMENTATION:
-            named = self.structures_of(dataset)
-            masks = [torch.stack([torch.isin(self.load(s.label, "label"),
-                                             torch.tensor(values, dtype=torch.int16)).float()
-                                  for values in named.values()]) for s in [target, *context]]
-            truth, labels = masks[0], torch.stack(masks[1:], dim=1)   # [K,...], [K, L, ...]
-            images = torch.stack([self.load(s.image) for s in context])
-            predicted = self._predict(task, self.load(target.image), images, labels)
-            vote = majority_vote(labels)
-            for k, name in enumerate(named):
-                for method, out in (("model", predicted[k]), ("majority-vote", vote[k])):
-                    self.rows.append(_row(dataset.name, task, name, "dice", size, target.id, draw,
-                                          method, dice(out, truth[k]), ids))
-            return
         generator = torch.Generator().manual_seed(
             draw_seed(self.seed, dataset.name, task, size, draw, index))
         modality = dataset.paired_modalities()[0] if task == "modality-transform" else None

@@ -49,6 +49,8 @@ def plot(summary: Sequence[dict], path: Path) -> Path:
 
     panels: Dict[tuple, Dict[str, Dict[str, list]]] = {}
     for item in summary:
+        if item["metric"] not in ("dice", "psnr"):  # uncertainty summaries: comparison only
+            continue
         lines = panels.setdefault((item["dataset"], item["task"], item["metric"]), {})
         line = lines.setdefault(item["structure"], {}).setdefault(item["method"], [])
         if math.isfinite(item["mean"]) and math.isfinite(item["std"]):  # inf PSNR: not drawn
@@ -104,16 +106,23 @@ def markdown_table(summary: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n\nmodel mean ± std over test subjects and draws (baseline mean)\n"
 
 
-def write_outputs(out: Path, rows, summary, info: dict) -> Dict[str, Path]:
-    """eval.tsv, eval.json, eval.md and eval.png, each written atomically."""
+def write_outputs(out: Path, rows, summary, info: dict, comparison: str = "",
+                  reliability=None) -> Dict[str, Path]:
+    """eval.tsv, eval.json, eval.md and eval.png, each written atomically; with a comparison
+    (markdown) also selection_ensemble.md, and reliability.png from ``reliability(path)``."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n")
     writer.writeheader()
     writer.writerows({**r, "value": f"{r['value']:.10g}"} for r in rows)
     document = json.dumps(_finite(dict(info, results=summary)), indent=1, allow_nan=False)
-    return {"tsv": write_text_atomic(out / "eval.tsv", text.getvalue()),
-            "json": write_text_atomic(out / "eval.json", document + "\n"),
-            "md": write_text_atomic(out / "eval.md", markdown_table(summary)),
-            "png": plot(summary, out / "eval.png")}
+    paths = {"tsv": write_text_atomic(out / "eval.tsv", text.getvalue()),
+             "json": write_text_atomic(out / "eval.json", document + "\n"),
+             "md": write_text_atomic(out / "eval.md", markdown_table(summary)),
+             "png": plot(summary, out / "eval.png")}
+    if comparison:
+        paths["comparison"] = write_text_atomic(out / "selection_ensemble.md", comparison)
+    if reliability is not None:
+        paths["reliability"] = reliability(out / "reliability.png")
+    return paths
 
 
