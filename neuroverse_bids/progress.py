@@ -18,7 +18,8 @@ from typing import List, Optional
 
 from .logs import PROGRESS, console_handler, isatty
 
-_NODE_SUBJECT = re.compile(r"(?:^|\.)(context_|ds_|report_)?sub_([A-Za-z0-9]+?)(?:_\d+)?_wf(?:\.|$)")
+_NODE_SUBJECT = re.compile(
+    r"(?:^|\.)(context_|ds_|report_)?sub_([A-Za-z0-9]+?)(?:_\d+)?_wf(?:\.|$)")
 
 
 def node_subject(fullname: str) -> str:

@@ -189,3 +189,95 @@ def test_errors(setup, tmp_path, capsys):
         main(_args(manifest, model, tmp_path / "o5", "--draws", "0"))
     assert exit_info.value.code == 64
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+
+
+def test_selection_and_ensemble_methods(setup, result, tmp_path):
+    """--selection random similar --ensemble 1 2: member 0 is the paper protocol's draw, the
+    similar sets are the top of an independent NCC ranking, the ensemble is the members' mean."""
+    from neuroverse_bids.model import load_checkpoint
+    from neuroverse_bids.model.predictor import Predictor
+
+    root, manifest, model = setup
+    out = tmp_path / "sel"
+    assert main(_args(manifest, model, out, "--tasks", "segmentation", "--selection", "random",
+                      "similar", "--ensemble", "1", "2")) == 0
+    rows, info = _read_tsv(out / "eval.tsv"), json.loads((out / "eval.json").read_text())
+    methods = {r["method"] for r in rows}
+    assert methods == {"model", "model-ens2", "model-similar", "model-similar-ens2",
+                       "majority-vote", "majority-vote-similar"}
+    # the single random draw is exactly the default protocol's
+    plain = {(r["structure"], r["context_size"], r["draw"]): r for r in result[1]
+             if r["method"] == "model" and r["task"] == "segmentation"}
+    mine = [r for r in rows if r["method"] == "model"]
+    assert len(mine) == len(plain)
+    for r in mine:
+        assert r["value"] == plain[(r["structure"], r["context_size"], r["draw"])]["value"]
+        assert r["context"] == plain[(r["structure"], r["context_size"], r["draw"])]["context"]
+    # similar: the top L of the pool by NCC inside the target's nonzero voxels
+    split = info["splits"][DATASET]
+    target = split["test"][0]
+
+    def image(subject):
+        path = manifest.parent / DATASET / subject / "anat" / f"{subject}_T1w.nii.gz"
+        return normalise_intensity(np.asanyarray(nb.load(str(path)).dataobj))
+
+    inside = image(target) != 0
+    scores = {s: np.corrcoef(image(target)[inside], image(s)[inside])[0, 1] for s in split["pool"]}
+    ranked = sorted(scores, key=lambda s: (-scores[s], s))
+    for item in info["selected"]:
+        L = item["context_size"]
+        assert item["chosen"] == ranked[:L]
+        assert item["scores"] == pytest.approx([scores[s] for s in ranked[:L]], abs=1e-5)
+    # the 2-member ensemble: Dice of the mean of the two members' predictions
+    structures = json.loads((manifest.parent / "structures.json").read_text())[DATASET]
+    row = next(r for r in rows if r["method"] == "model-ens2" and r["context_size"] == "2")
+    members = [row["context"].split(",")[:2], row["context"].split(",")[2:]]
+
+    def masks(subject):
+        path = manifest.parent / DATASET / subject / "anat" / f"{subject}_dseg.nii.gz"
+        labels = np.asanyarray(nb.load(str(path)).dataobj)
+        return torch.from_numpy(np.stack([np.isin(labels, v) for v in structures.values()])).float()
+
+    predictor = Predictor(load_checkpoint(model), device="cpu", precision="float32")
+    outputs = [predictor.predict(torch.from_numpy(image(target)),
+                                 torch.stack([torch.from_numpy(image(s)) for s in ids]),
+                                 torch.stack([masks(s) for s in ids], dim=1)) for ids in members]
+    mean = (outputs[0] + outputs[1]) / 2
+    k = list(structures).index(row["structure"])
+    truth = masks(target)[k] > 0.5
+    predicted = mean[k] > 0.5
+    total = int(predicted.sum() + truth.sum())
+    expected = 1.0 if total == 0 else 2 * int((predicted & truth).sum()) / total
+    assert float(row["value"]) == pytest.approx(expected, abs=1e-6)
+    # uncertainty summaries for ensembles only, in [0, 1]; calibration and comparison written
+    summaries = [r for r in rows if r["metric"] in ("boundary_spread", "disagreement")]
+    assert summaries and {r["method"] for r in summaries} == {"model-ens2", "model-similar-ens2"}
+    assert all(0 <= float(r["value"]) <= 1 for r in summaries)
+    comparison = info["comparison"]
+    assert set(comparison["calibration"]) == {"model", "model-ens2", "model-similar",
+                                              "model-similar-ens2"}
+    for by_size in comparison["calibration"].values():
+        for regions in by_size.values():
+            assert 0 <= regions["near"]["ece"] <= 1 and regions["all"]["voxels"] > 0
+    assert "model-similar - model" in comparison["gains"]
+    text = (out / "selection_ensemble.md").read_text()
+    assert "| model-ens2 | disagreement |" in text and "ECE" in text
+    assert (out / "reliability.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_calibration_and_spearman():
+    from scipy.stats import spearmanr
+
+    from neuroverse_bids.evaluation.calibration import Reliability, spearman
+
+    x = [0.1, 0.4, 0.4, 0.9, 0.3, 0.7]
+    y = [1.0, 2.0, 3.0, 3.0, 0.5, 2.5]
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    perfect = Reliability(bins=2)
+    truth = torch.zeros(8, 8, 8)
+    truth[2:6, 2:6, 2:6] = 1
+    perfect.add(truth * 2 - 0.5, truth)     # clipped to exactly 0 and 1: calibrated
+    assert perfect.summary()["near"]["ece"] == 0 and perfect.summary()["all"]["voxels"] == 512
+    halves = Reliability(bins=2)
+    halves.add(torch.full((8, 8, 8), 0.25), truth)   # says 0.25 everywhere, truth is 64/512
+    assert halves.summary()["all"]["ece"] == pytest.approx(abs(0.25 - 64 / 512))

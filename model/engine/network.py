@@ -167,8 +167,8 @@ class Engine:
             c = down(c)
         c = self.residual(cu.bottleneck, c, consume=True)[0]
         features = [c]
-        for up, skip, weights in zip(cu.ups, reversed(skips), self.context_merges):
-            merged = self.up_merge(c, skip, weights, up.merge.bias)
+        for up, weights in zip(cu.ups, self.context_merges):
+            merged = self.up_merge(c, skips.pop(), weights, up.merge.bias)  # the skip's last use
             c = self.residual(up.block, merged, consume=True)[0]
             features.append(c)
         return [fold_pairs(h, n) for h in features]

@@ -24,7 +24,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one and the help does not already say it."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, 0, argparse.SUPPRESS) or "default" in (action.help or ""):
+        if action.default in (None, False, 0, argparse.SUPPRESS) or \
+                "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="float32",
                         help="float32 (default), bfloat16, float16 (CUDA) or auto")
+    parser.add_argument("--mini-context-size", type=positive_int, metavar="M",
+                        help="(structure, context) pairs per chunk (default: auto, the largest "
+                        "that fits the memory budget, on the CPU 1)")
     return parser
 
 
@@ -141,7 +144,8 @@ def run(args) -> int:
     evaluator = Evaluator(predictor, manifest, grid, structures, args.tasks, args.context_sizes,
                           args.draws, args.seed, args.test_fraction, args.max_test_subjects,
                           selections=args.selection, ensembles=args.ensemble,
-                          similarity_mask=mask)
+                          similarity_mask=mask,
+                          mini_context_size=args.mini_context_size or "auto")
     start = time.perf_counter()
     try:
         rows = evaluator.run()
@@ -164,6 +168,7 @@ def run(args) -> int:
                        "max_test_subjects": args.max_test_subjects,
                        "datasets": [d.name for d in manifest.datasets], "structures": structures,
                        "device": str(predictor.device), "precision": predictor.precision,
+                       "mini_context_size": args.mini_context_size or "auto",
                        "reduced_precision_error": getattr(predictor, "reduced_precision_error",
                                                           None),
                        "baselines": BASELINES, "selection": args.selection,

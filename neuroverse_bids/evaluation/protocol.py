@@ -79,10 +79,10 @@ class Evaluator:
                  context_sizes=CONTEXT_SIZES, draws: int = 10, seed: int = 0,
                  test_fraction: float = 0.2, max_test_subjects: Optional[int] = None, log=print,
                  selections: Sequence[str] = ("random",), ensembles: Sequence[int] = (1,),
-                 similarity_mask=None):
+                 similarity_mask=None, mini_context_size="auto"):
         self.predictor, self.manifest = predictor, manifest
         self.selections, self.ensembles = list(dict.fromkeys(selections)), sorted(set(ensembles))
-        self.similarity_mask = similarity_mask
+        self.similarity_mask, self.mini_context_size = similarity_mask, mini_context_size
         #: method -> context size -> :class:`.calibration.Reliability` (segmentation voxels)
         self.reliability: Dict[str, Dict[int, Reliability]] = {}
         self.load = VolumeLoader(manifest, grid, cache_size=256)
@@ -98,7 +98,8 @@ class Evaluator:
 
     def _predict(self, task, target, images, labels):
         start = time.perf_counter()
-        out = self.predictor.predict(target, images, labels, mini_context_size="auto")
+        out = self.predictor.predict(target, images, labels,
+                                     mini_context_size=self.mini_context_size)
         self.predict_seconds.setdefault(task, []).append(time.perf_counter() - start)
         return out
 
