@@ -3,6 +3,8 @@
 >>> result = predict_ensemble(predictor, target, members)   # members: [(images, labels)] * K
 >>> result.mean, result.std                                 # [K_s, D, H, W] float32 each
 >>> summaries = structure_uncertainty(result)               # per structure, see below
+>>> result, sets, scores = predict_from_pool(predictor, target, images, labels, ids, size=4,
+...                                          members=3, selection="similar", exclude=["01"])
 
 Members run one after the other; only three running tensors are kept (Welford's mean and
 sum of squared deviations in float32, and the count of members that call a voxel foreground,
@@ -32,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .selection import select
 
 #: a segmentation output counts as foreground above this (as the app's masks and the Dice)
 THRESHOLD = 0.5
@@ -130,6 +134,37 @@ def predict_ensemble(predictor, target: Tensor, members: Iterable[Tuple[object, 
             on_member(moments.count, output)
         moments.add(output)
     return EnsembleResult(moments.mean, moments.std, moments.votes, moments.count)
+
+
+def predict_from_pool(predictor, target: Tensor, images: Tensor, labels: Tensor,
+                      ids: Sequence[str], size: int, members: int = 1,
+                      selection: str = "random", *, ordering: Optional[Sequence[str]] = None,
+                      seed: int = 0, mask=None, exclude: Sequence[str] = (), flip: bool = False,
+                      **predict_kwargs):
+    """Select ``members`` context sets of ``size`` pairs out of a labelled pool for one target
+    (:func:`.selection.select`) and run them as an ensemble.
+
+    images ``[N,D,H,W]``, labels ``[N,...]`` or ``[K_s,N,...]`` (the pool), ids: the N subject
+    labels; exclude: subjects never used (the target itself); ordering: for ``random``, the
+    caller's order of the pool (member 0 = its first ``size``), default seeded by ``seed``.
+    -> (:class:`EnsembleResult`, the sets as lists of ids, ``{id: score}`` or None).
+    """
+    images, labels = torch.as_tensor(images), torch.as_tensor(labels)
+    where = {str(s): i for i, s in enumerate(ids)}
+    excluded = {str(s) for s in exclude}
+    pool = [str(s) for s in ids if str(s) not in excluded]
+    order = None if ordering is None else [str(s) for s in ordering if str(s) not in excluded]
+    sets, scores = select(selection, pool, size, members, target=target, mask=mask, seed=seed,
+                          pool_images=[images[where[s]] for s in pool],
+                          ordering=(lambda: order) if order is not None else None)
+
+    def member(subjects):
+        index = [where[s] for s in subjects]
+        return images[index], labels[index] if labels.dim() == 4 else labels[:, index]
+
+    result = predict_ensemble(predictor, target, (member(s) for s in sets), flip=flip,
+                              **predict_kwargs)
+    return result, sets, scores
 
 
 def boundary_band(mask: Tensor) -> Tensor:

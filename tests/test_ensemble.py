@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from neuroverse_bids.model.ensemble import (RunningMoments, boundary_band, predict_ensemble,
-                                            structure_uncertainty)
+                                            predict_from_pool, structure_uncertainty)
 from neuroverse_bids.model.predictor import Predictor
 
 SHAPE = (8, 8, 8)
@@ -108,3 +108,31 @@ def test_a_failing_member_raises():
         predict_ensemble(Failing(), torch.rand(SHAPE), _members(2))
     with pytest.raises(ValueError, match="at least one"):
         predict_ensemble(Failing(), torch.rand(SHAPE), [])
+
+
+def test_predict_from_pool_selects_excludes_and_ensembles(tiny_model):
+    from neuroverse_bids.model.selection import rank_pool
+
+    predictor = Predictor(tiny_model.float(), device="cpu", precision="float32")
+    generator = torch.Generator().manual_seed(5)
+    images = torch.rand((6, *SHAPE), generator=generator)
+    labels = (torch.rand((2, 6, *SHAPE), generator=generator) > 0.5).float()
+    ids = [f"s{i}" for i in range(6)]
+    target = images[0] + 0.05 * torch.rand(SHAPE, generator=generator)
+    result, sets, scores = predict_from_pool(predictor, target, images, labels, ids, size=2,
+                                             members=2, selection="similar", exclude=["s0"])
+    assert "s0" not in scores and len(scores) == 5
+    ranked = [i for i, _ in rank_pool(target, images[1:], ids[1:])]
+    assert sets == [ranked[:2], ranked[2:4]]
+    expected = [predictor.predict(target, images[[ids.index(s) for s in subset]],
+                                  labels[:, [ids.index(s) for s in subset]]) for subset in sets]
+    assert torch.allclose(result.mean, (expected[0] + expected[1]) / 2, atol=1e-6)
+    # random with the caller's ordering, one member: exactly the plain prediction
+    single, sets, scores = predict_from_pool(predictor, target, images, labels[0], ids, size=3,
+                                             ordering=["s0", "s4", "s2", "s5", "s1", "s3"],
+                                             exclude=["s0"])
+    assert sets == [["s4", "s2", "s5"]] and scores is None
+    assert torch.equal(single.mean, predictor.predict(target, images[[4, 2, 5]], labels[0][[4, 2, 5]]))
+    with pytest.raises(ValueError, match="allows only 1"):
+        predict_from_pool(predictor, target, images, labels, ids, size=5, members=2,
+                          exclude=["s0"])
