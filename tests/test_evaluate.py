@@ -263,6 +263,12 @@ def test_selection_and_ensemble_methods(setup, result, tmp_path):
     text = (out / "selection_ensemble.md").read_text()
     assert "| model-ens2 | disagreement |" in text and "ECE" in text
     assert (out / "reliability.png").read_bytes().startswith(b"\x89PNG")
+    for bad in (["--ensemble", "0"], ["--selection", "best"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(_args(manifest, model, tmp_path / "bad", *bad))
+        assert exit_info.value.code == 64
+    assert main(_args(manifest, model, tmp_path / "nomask", "--selection", "similar",
+                      "--similarity-mask", str(tmp_path / "absent.nii.gz"))) == 66
 
 
 def test_calibration_and_spearman():

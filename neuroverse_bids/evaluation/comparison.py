@@ -6,7 +6,8 @@ Headline per context size L: the mean over datasets and structures of each metho
 Dice (methods: :func:`.protocol.method_name`), the gains of ``similar`` over ``random`` and of
 an ensemble over one draw (its own member 0, so the pairs are matched), the Spearman
 correlation of each uncertainty summary with 1 - Dice over every (target, structure, draw)
-of an ensemble method, and the expected calibration error (:mod:`.calibration`).
+of an ensemble method (pooled, which mostly ranks structures, and within each structure,
+which ranks targets), and the expected calibration error (:mod:`.calibration`).
 """
 from __future__ import annotations
 
@@ -59,9 +60,20 @@ def compare(summary: Sequence[dict], rows: Sequence[dict], reliability) -> dict:
                 if key[5] == method and name in values and "dice" in values:
                     for size in (key[2], "all"):
                         by_size.setdefault(size, []).append((values[name], 1 - values["dice"]))
-            correlations.setdefault(method, {})[name] = {
-                L: {"rho": spearman(*zip(*pairs)), "n": len(pairs)}
-                for L, pairs in by_size.items()}
+            entry = {L: {"rho": spearman(*zip(*pairs)), "n": len(pairs)}
+                     for L, pairs in by_size.items()}
+            # within one structure (which targets fail, not which structures are hard): the
+            # mean over (dataset, structure) of rho over its targets and draws
+            by_structure: Dict[tuple, list] = {}
+            for key, values in keyed.items():
+                if key[5] == method and name in values and "dice" in values:
+                    by_structure.setdefault(key[:3], []).append((values[name],
+                                                                 1 - values["dice"]))
+            rhos = [spearman(*zip(*pairs)) for pairs in by_structure.values()]
+            rhos = [r for r in rhos if r == r]
+            entry["within_structure"] = {"rho": float(np.mean(rhos)) if rhos else float("nan"),
+                                         "n": len(rhos)}
+            correlations.setdefault(method, {})[name] = entry
     calibration = {m: {L: r.summary() for L, r in sorted(by.items())}
                    for m, by in reliability.items()}
     return {"mean_dice": mean_dice, "gains": gains, "spearman_vs_1_minus_dice": correlations,
@@ -91,7 +103,9 @@ def markdown(comparison: dict) -> str:
                          f"{_fmt(regions['all']['ece'], 4)} |")
     if comparison["spearman_vs_1_minus_dice"]:
         lines += ["", "## Spearman rho: uncertainty summary vs 1 - Dice (per target, structure, "
-                  "draw)", "", "| method | summary | L | rho | n |", "| --- | --- | --- | --- | --- |"]
+                  "draw; within_structure: the mean of rho within each (dataset, structure, L), "
+                  "n structures)", "", "| method | summary | L | rho | n |",
+                  "| --- | --- | --- | --- | --- |"]
         for method, names in comparison["spearman_vs_1_minus_dice"].items():
             for name, by_size in names.items():
                 for L, item in by_size.items():

@@ -100,10 +100,13 @@ def markdown_table(summary: Sequence[dict]) -> str:
             model = methods.get("model")
             others = [m for name, m in methods.items() if name != "model"]
             text = f"{model['mean']:.3g} ± {model['std']:.2g}" if model else ""
-            text += "".join(f" ({m['mean']:.3g})" for m in others)
+            named = len(others) > 1  # several baselines/methods: say which is which
+            text += "".join(f" ({m['method'] + ' ' if named else ''}{m['mean']:.3g})"
+                            for m in others)
             row.append(text)
         lines.append(f"| {dataset} | {task} | {structure} | {metric} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n\nmodel mean ± std over test subjects and draws (baseline mean)\n"
+    return "\n".join(lines) + ("\n\nmodel mean ± std over test subjects and draws "
+                               "(baseline or other method: mean)\n")
 
 
 def write_outputs(out: Path, rows, summary, info: dict, comparison: str = "",
