@@ -90,7 +90,7 @@ def live_holder(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(work)], stdout=subprocess.PIPE,
-                              text=True)
+                              text=True, cwd=tmp_path)  # not the source tree: the installed package
     assert holder.stdout.readline().strip() == "locked"
     yield work, holder.pid
     holder.kill()

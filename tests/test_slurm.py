@@ -73,7 +73,7 @@ def array_run(slurm, demo_dataset, tiny_checkpoint, spec, tmp_path_factory):
                "--sbatch-args", "--cpus-per-task=1 --mem=1500M", "--wait", "--",
                *_participant_options(demo_dataset, tiny_checkpoint, spec)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500,
-                          env=_env(demo_dataset))
+                          env=_env(demo_dataset), cwd=root)  # not the source tree
     logs = "\n".join(p.read_text()[-1500:] for p in sorted((root / "work" / "slurm").glob("*.out")))
     assert done.returncode == 0, done.stdout + done.stderr + logs
     return root
@@ -109,7 +109,7 @@ def test_one_participant_through_nipype_slurm_plugin(array_run, demo_dataset, ti
                str(out), "participant", "--participant-label", "03", "-w", str(work),
                "--use-plugin", str(plugin), *_participant_options(demo_dataset, tiny_checkpoint, spec)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500,
-                          env=_env(demo_dataset))
+                          env=_env(demo_dataset), cwd=array_run)  # not the source tree
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (out / "sub-03" / "anat" / "sub-03_desc-brain_mask.nii.gz").is_file()
     # the nodes ran as batch jobs: Nipype's SLURM plugin leaves its batch scripts
