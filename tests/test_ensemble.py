@@ -140,3 +140,53 @@ def test_predict_from_pool_selects_excludes_and_ensembles(tiny_model):
     with pytest.raises(ValueError, match="allows only 1"):
         predict_from_pool(predictor, target, images, labels, ids, size=5, members=2,
                           exclude=["s0"])
+
+
+def test_icl_node_selects_and_ensembles_out_of_a_pool(tmp_path):
+    """InContextPredict: defaults are one plain prediction; with selection/ensemble the set
+    is a pool, the outputs are the members' mean and the spread maps are written."""
+    import json
+
+    import nibabel as nb
+    import numpy as np
+
+    from neuroverse_bids.model import Neuroverse3D, load_checkpoint, save_checkpoint
+    from neuroverse_bids.workflows.interfaces.icl import InContextPredict
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(Neuroverse3D(channels=(4, 8)), tmp_path / "m.safetensors")
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand((5, *SHAPE), generator=generator)
+    outputs = (torch.rand((2, 5, *SHAPE), generator=generator) > 0.5).float()
+    subjects = ["01", "02", "03", "04", "05"]
+    np.savez(tmp_path / "pool.npz", images=images.numpy(), outputs=outputs.numpy(),
+             subjects=np.asarray(subjects))
+    target = images[1] + 0.05 * torch.rand(SHAPE, generator=generator)
+    nb.save(nb.Nifti1Image(target.numpy(), np.eye(4)), str(tmp_path / "target.nii.gz"))
+    common = dict(target=str(tmp_path / "target.nii.gz"), context_set=str(tmp_path / "pool.npz"),
+                  model=str(checkpoint), output_names=["a", "b"], device="cpu",
+                  precision="float32")
+    predictor = Predictor(load_checkpoint(checkpoint), device="cpu", precision="float32")
+
+    def run(folder, **inputs):
+        node = InContextPredict(**common, **inputs)
+        (tmp_path / folder).mkdir()
+        return node.run(cwd=str(tmp_path / folder)).outputs
+
+    plain = run("plain")
+    expected = predictor.predict(target, images, outputs)
+    assert plain.spread_files == [] and "uncertainty" not in plain.info
+    for path, volume in zip(plain.out_files, expected):
+        assert np.array_equal(np.asanyarray(nb.load(path).dataobj), volume.numpy())
+    mine = run("ensemble", selection="similar", ensemble=2, num_contexts=2, exclude=["02"])
+    result, sets, scores = predict_from_pool(predictor, target, images, outputs, subjects, 2, 2,
+                                             "similar", exclude=["02"])
+    info = mine.info
+    assert info["context_sets"] == sets and "02" not in info["context_subjects"]
+    assert set(info["similarity"]) == {s for subset in sets for s in subset}
+    assert info["ensemble"] == 2 and set(info["uncertainty"]) == {"a", "b"}
+    assert json.loads((tmp_path / "ensemble" / "info.json").read_text())["context_sets"] == sets
+    for path, spread, mean in zip(mine.spread_files, result.std, result.mean):
+        assert np.allclose(np.asanyarray(nb.load(path).dataobj), spread.numpy())
+    for path, mean in zip(mine.out_files, result.mean):
+        assert np.allclose(np.asanyarray(nb.load(path).dataobj), mean.numpy(), atol=1e-6)

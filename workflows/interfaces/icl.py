@@ -12,6 +12,7 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -135,15 +136,33 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
     precision = traits.Str("auto", usedefault=True)
     mini_context_size = traits.Either(traits.Int, traits.Str, default="auto", usedefault=True)
     mem_gb = traits.Either(None, traits.Float, default=None, usedefault=True)
+    selection = traits.Enum("random", "similar", usedefault=True,
+                            desc="random: the set's first num_contexts pairs (in its seeded "
+                            "order) but the target's; similar: the most similar by NCC")
+    ensemble = traits.Range(low=1, value=1, usedefault=True,
+                            desc="members: distinct context sets out of the set, run one by one")
+    num_contexts = traits.Int(0, usedefault=True, desc="pairs per member; 0: the whole set")
+    exclude = traits.List(traits.Str, desc="subjects never used as context (the target's own)")
+    similarity_mask = File(exists=True, desc="mask on the model grid for similar (the template "
+                           "brain); default: the target's nonzero voxels")
 
 
 class _PredictOutputSpec(TraitedSpec):
     out_files = traits.List(File(exists=True), desc="K float32 outputs on the model grid (always a list)")
+    spread_files = traits.List(File(exists=True), desc="ensemble > 1: K per-voxel standard "
+                               "deviations across the members (else empty)")
     info = traits.Dict(desc="model, precision, mini-context size, contexts, timings (s)")
 
 
 class InContextPredict(SimpleInterface):
-    """The ICL node: APSP inference through the one :class:`Predictor`."""
+    """The ICL node: APSP inference through the one :class:`Predictor`.
+
+    With the defaults (random, one member, the whole set) it is one prediction with the
+    stacked set, as always. Otherwise the set is a pool: ``ensemble`` distinct context sets
+    of ``num_contexts`` pairs are chosen from it (:func:`~...model.ensemble.predict_from_pool`)
+    and the outputs are the members' mean; ``spread_files`` hold the per-voxel spread and
+    ``info`` the sets, the similarity scores and per-structure uncertainty summaries.
+    """
 
     input_spec = _PredictInputSpec
     output_spec = _PredictOutputSpec
@@ -166,8 +185,37 @@ class InContextPredict(SimpleInterface):
                               mini_context_size=self.inputs.mini_context_size,
                               **({"memory_gb": self.inputs.mem_gb} if self.inputs.mem_gb else {}))
         loaded = time.perf_counter()
-        result = predictor.predict(torch.from_numpy(target), torch.from_numpy(images),
-                                   torch.from_numpy(outputs)).numpy()
+        plain = (self.inputs.selection == "random" and self.inputs.ensemble == 1
+                 and not self.inputs.num_contexts and not self.inputs.exclude)
+        spreads, extra = [], {}
+        if plain:
+            result = predictor.predict(torch.from_numpy(target), torch.from_numpy(images),
+                                       torch.from_numpy(outputs)).numpy()
+        else:
+            from ...model.ensemble import predict_from_pool, structure_uncertainty
+
+            mask = (load_volume(self.inputs.similarity_mask)[1] > 0
+                    if isdefined(self.inputs.similarity_mask) else None)
+            pool = [str(s) for s in subjects if str(s) not in set(self.inputs.exclude)]
+            ensemble, sets, scores = predict_from_pool(
+                predictor, torch.from_numpy(target), torch.from_numpy(images),
+                torch.from_numpy(outputs), [str(s) for s in subjects],
+                self.inputs.num_contexts or len(pool), self.inputs.ensemble,
+                self.inputs.selection, ordering=[str(s) for s in subjects],
+                exclude=self.inputs.exclude, mask=mask)
+            result = ensemble.mean.numpy()
+            summaries = structure_uncertainty(ensemble)
+            subjects = list(dict.fromkeys(s for subset in sets for s in subset))  # all used
+            extra = {"selection": self.inputs.selection, "ensemble": ensemble.members,
+                     "context_sets": sets,
+                     "similarity": {s: round(scores[s], 6) for s in sorted(
+                         {s for subset in sets for s in subset})} if scores else None,
+                     "uncertainty": dict(zip(self.inputs.output_names, summaries))}
+            if ensemble.members > 1:
+                spreads = [str(write_nifti_atomic(volume.astype(np.float32), img,
+                                                  _out_path(runtime, f"{name}_spread.nii.gz")))
+                           for name, volume in zip(self.inputs.output_names,
+                                                   ensemble.std.numpy())]
         done = time.perf_counter()
         files = []
         for name, volume in zip(self.inputs.output_names, result):
@@ -175,6 +223,7 @@ class InContextPredict(SimpleInterface):
                                                 _out_path(runtime, f"{name}.nii.gz"))))
         meta = model.metadata
         self._results["out_files"] = files
+        self._results["spread_files"] = spreads
         self._results["info"] = {
             "model": Path(meta.get("source", self.inputs.model)).name,
             "model_sha256": meta.get("sha256"),
@@ -186,6 +235,7 @@ class InContextPredict(SimpleInterface):
             "context_subjects": [str(s) for s in subjects],
             "seconds_load": round(loaded - start, 3),
             "seconds_inference": round(done - loaded, 3),
+            **extra,
         }
         Path(runtime.cwd, "info.json").write_text(json.dumps(self._results["info"], indent=2))
         return runtime
