@@ -126,6 +126,9 @@ def run_process(case: dict) -> dict:
                 "--precision", case["precision"],
                 "--mini-context-size", str(case["mini_context"])]
     env = dict(os.environ, NEUROVERSE3D_CACHE_DIR=files["cache"])
+    if case["name"] == "process-cold":  # cold whatever ran before it
+        for entry in Path(files["cache"]).rglob("*.json"):
+            entry.unlink()
     cached = any(Path(files["cache"]).rglob("*.json"))
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
