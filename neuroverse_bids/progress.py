@@ -7,7 +7,6 @@ drives a :class:`LiveDisplay` on a terminal.
 """
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 import threading
@@ -17,18 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .logs import PROGRESS, console_handler, isatty
-
-_NODE_SUBJECT = re.compile(
-    r"(?:^|\.)(context_|ds_|report_)?sub_([A-Za-z0-9]+?)(?:_\d+)?_wf(?:\.|$)")
-
-
-def node_subject(fullname: str) -> str:
-    """``sub-01`` for a node of subject 01's workflows, ``context sub-03`` for a context pair's,
-    ``run`` for run-level nodes (the stacked context set)."""
-    match = _NODE_SUBJECT.search(fullname)
-    if not match:
-        return "run"
-    return ("context " if match.group(1) == "context_" else "") + f"sub-{match.group(2)}"
+from .workflows.reports.crash import node_subject
 
 
 def count_nodes(workflow) -> Counter:

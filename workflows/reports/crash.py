@@ -20,6 +20,19 @@ _SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "str", "bytes", "
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
 #: inputs that name the data a node works on, in the order they are reported
 _DATA_INPUTS = ("in_file", "target", "in_files", "source_file", "image", "context_set")
+#: a node's participant, from the name of the workflow it lives in (see :func:`node_subject`)
+_NODE_SUBJECT = re.compile(
+    r"(?:^|\.)(context_|ds_|report_)?sub_([A-Za-z0-9]+?)(?:_\d+)?_wf(?:\.|$)")
+
+
+def node_subject(fullname: str) -> str:
+    """``sub-01`` for a node of subject 01's workflows (``sub_01_wf``, ``ds_sub_01_wf``,
+    ``report_sub_01_wf``), ``context sub-03`` for a context pair's (``context_sub_03_wf``),
+    ``run`` for run-level nodes (the stacked context set)."""
+    match = _NODE_SUBJECT.search(fullname)
+    if not match:
+        return "run"
+    return ("context " if match.group(1) == "context_" else "") + f"sub-{match.group(2)}"
 
 
 class _Inert:
@@ -167,10 +180,10 @@ def crash_files(output_dir, subject: str):
     the subject's workflows (``sub_<label>_wf``, ``ds_sub_<label>_wf``, ``report_sub_<label>_wf``).
     """
     own, other = [], []
-    pattern = re.compile(rf"(^|\.)((ds|report)_)?sub_{re.escape(subject)}(_\d+)?_wf\.")
     for crash in sorted(Path(output_dir, "logs").glob("crash-*")):
         if crash.suffix not in (".txt", ".pklz", ".pkl"):
             continue
         summary = summarise_crash(crash)
-        (own if pattern.search(summary["node"] or "") else other).append((crash, summary))
+        mine = node_subject(summary["node"] or "") == f"sub-{subject}"
+        (own if mine else other).append((crash, summary))
     return own, other
