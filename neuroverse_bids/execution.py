@@ -122,8 +122,7 @@ def report_crashes(folders, since: float) -> List[Path]:
     """Log one summary per crash file written into ``folders`` since ``since`` (``time.time()``):
     participant, node, the last line of the error, the input that caused it and the file."""
     from .logs import LOGGER
-    from .workflows.reports.crash import node_subject
-    from .workflows.reports.crash import summarise_crash
+    from .workflows.reports.crash import node_subject, summarise_crash
 
     crashes = sorted(path for folder in folders for path in Path(folder).glob("crash-*")
                      if path.stat().st_mtime >= since - 1)
