@@ -88,6 +88,8 @@ class ContextSpec:
     name: Optional[str] = None                 # desc-<name> of generation outputs
     num_contexts: int = DEFAULT_NUM_CONTEXTS
     seed: int = 0
+    selection: str = "random"                  # random | similar (model.selection)
+    ensemble: int = 1                          # members averaged per target
     source: str = "command line"               # where the spec came from, for messages
 
     @property
@@ -105,7 +107,15 @@ class ContextSpec:
                                for s in self.structures],
                 "outputs": self.outputs and self.outputs.to_dict(),
                 "degradation": self.degradation, "name": self.name,
-                "num_contexts": self.num_contexts, "seed": self.seed}
+                "num_contexts": self.num_contexts, "seed": self.seed,
+                # only when asked for: the default run's sidecars stay as they were
+                **({"selection": self.selection} if self.selection != "random" else {}),
+                **({"ensemble": self.ensemble} if self.ensemble != 1 else {})}
+
+    @property
+    def pooled(self) -> bool:
+        """Whether each target chooses its contexts out of a pool (similar or an ensemble)."""
+        return self.selection != "random" or self.ensemble != 1
 
     @property
     def output_name(self) -> str:
@@ -123,6 +133,11 @@ class ContextSpec:
             raise UsageError(f"{where}: task must be 'segmentation' or 'generation', got {self.task!r}")
         if self.num_contexts < 1:
             raise UsageError(f"{where}: num_contexts must be >= 1")
+        if self.selection not in ("random", "similar"):
+            raise UsageError(f"{where}: selection must be 'random' or 'similar', got "
+                             f"{self.selection!r}")
+        if self.ensemble < 1:
+            raise UsageError(f"{where}: ensemble must be >= 1, got {self.ensemble}")
         if self.task == "segmentation":
             if self.labels is None or self.labels.root is None:
                 raise UsageError(f"{where}: segmentation needs a labels dataset "
@@ -201,7 +216,7 @@ def load_context_spec(path, datasets: Optional[Mapping[str, Path]] = None) -> Co
         raise UsageError(f"{path}: a context spec is a JSON object (see the README)")
     root = path.parent
     known = {"task", "images", "labels", "structures", "outputs", "degradation", "name",
-             "num_contexts", "seed"}
+             "num_contexts", "seed", "selection", "ensemble"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
@@ -221,6 +236,8 @@ def load_context_spec(path, datasets: Optional[Mapping[str, Path]] = None) -> Co
         name=data.get("name"),
         num_contexts=int(data.get("num_contexts", DEFAULT_NUM_CONTEXTS)),
         seed=int(data.get("seed", 0)),
+        selection=data.get("selection", "random"),
+        ensemble=int(data.get("ensemble", 1)),
         source=where,
     )
     return spec.check()
@@ -254,7 +271,9 @@ def spec_from_args(args) -> Optional[ContextSpec]:
         spec.outputs = spec.outputs or Selector(entities={})
         spec.outputs.entities["suffix"] = args.output_suffix
     for key, value in {"degradation": args.degradation, "num_contexts": args.num_contexts,
-                       "seed": args.context_seed}.items():
+                       "seed": args.context_seed,
+                       "selection": getattr(args, "context_selection", None),
+                       "ensemble": getattr(args, "ensemble", None)}.items():
         if value is not None:
             setattr(spec, key, value)
     extra = [Structure(name=n, mask=n) for n in args.mask or []]

@@ -64,6 +64,7 @@ def init_context_pair_wf(*, image: str, outputs: Sequence[str] = (),
 def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
                          inference: Optional[Dict] = None, sloppy: bool = False, seed: int = 0,
                          icl_mem_gb: float = 4.0, icl_n_procs: int = 1,
+                         ensemble: Optional[Dict] = None, exclude: Sequence[str] = (),
                          name: str = "neuroverse3d_wf"):
     """In-context prediction for one native-space image.
 
@@ -79,7 +80,12 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
         native_outputs     the same, back in the native grid (linear interpolation)
         native_masks, native_dseg, template_masks, template_dseg   segmentation only (> 0.5)
         info               model name and sha256, precision, mini-context size, timings
+        template_spread / native_spread   ensemble > 1: per-voxel standard deviation across
+                           the members, on the model grid and back in the native grid
 
+    ``ensemble``: :class:`InContextPredict` inputs ``selection``, ``ensemble``,
+    ``num_contexts``, ``similarity_mask`` (the context set is then a pool the node chooses
+    from); ``exclude``: subjects never used as this image's context (its own subject).
     ``icl_mem_gb``/``icl_n_procs``: what the scheduler reserves for the ICL node (its memory
     plan for the model grid, and its threads).
     """
@@ -88,15 +94,18 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
         fields=["in_file", "template_file", "grid_reference", "context_set"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "forward_transform", "inverse_transform", "template_outputs", "native_outputs",
-        "native_masks", "native_dseg", "template_masks", "template_dseg", "info"]),
+        "native_masks", "native_dseg", "template_masks", "template_dseg", "info",
+        "template_spread", "native_spread"]),
         name="outputnode")
 
     register = pe.Node(RegisterToTemplate(sloppy=sloppy, seed=seed), name="register")
     to_grid = pe.Node(ResampleToReference(interpolation="linear"), name="to_grid")
     normalise = pe.Node(NormaliseIntensity(), name="normalise")
     icl = pe.Node(InContextPredict(model=model, output_names=list(output_names),
-                                   **(inference or {})), name="icl", mem_gb=icl_mem_gb,
-                  n_procs=icl_n_procs)
+                                   **(inference or {}), **(ensemble or {})),
+                  name="icl", mem_gb=icl_mem_gb, n_procs=icl_n_procs)
+    if exclude:
+        icl.inputs.exclude = list(exclude)
     to_native = pe.MapNode(ResampleToReference(interpolation="linear", invert=True),
                            iterfield=["in_file"], name="to_native")
     workflow.connect([
@@ -114,6 +123,16 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
         (icl, outputnode, [("out_files", "template_outputs"), ("info", "info")]),
         (to_native, outputnode, [("out_file", "native_outputs")]),
     ])
+    if (ensemble or {}).get("ensemble", 1) > 1:
+        spread_to_native = pe.MapNode(ResampleToReference(interpolation="linear", invert=True),
+                                      iterfield=["in_file"], name="spread_to_native")
+        workflow.connect([
+            (icl, spread_to_native, [("spread_files", "in_file")]),
+            (inputnode, spread_to_native, [("in_file", "reference")]),
+            (register, spread_to_native, [("forward_transform", "transform")]),
+            (icl, outputnode, [("spread_files", "template_spread")]),
+            (spread_to_native, outputnode, [("out_file", "native_spread")]),
+        ])
     if task == "segmentation":
         native_masks = pe.Node(ProbabilitiesToMasks(), name="native_masks")
         template_masks = pe.Node(ProbabilitiesToMasks(), name="template_masks")

@@ -22,24 +22,43 @@ def _merge_meta(info, static):
     })
     if info.get("precision_reason"):  # auto chose float32 over a native reduced precision
         meta["PrecisionReason"] = info["precision_reason"]
+    if info.get("context_sets"):  # chosen out of a pool (--context-selection, --ensemble)
+        meta["ContextSelection"] = {"Method": info.get("selection"),
+                                    "EnsembleSize": info.get("ensemble"),
+                                    "ContextSets": info["context_sets"],
+                                    "SimilarityNCC": info.get("similarity")}
+    if (info.get("ensemble") or 1) > 1:  # per structure, see model.ensemble
+        meta["Uncertainty"] = {name: {"BoundarySpread": round(values["boundary_spread"], 6),
+                                      "Disagreement": round(values["disagreement"], 6)}
+                               for name, values in (info.get("uncertainty") or {}).items()}
     return meta
+
+
+def _spread_meta(meta, members):
+    """A spread map's sidecar: the image's metadata and what the map holds."""
+    return dict(meta, Description=(
+        f"Per-voxel standard deviation across the {members} ensemble members' predictions "
+        "(each from a distinct context set); the mean of the members is the probability map "
+        "of the same structure."))
 
 
 def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template: str,
                source_suffix: str, generated_suffix: str, static_meta: Dict,
-               template_file: str = "", template_mask: str = "", name: str = "ds_wf"):
+               template_file: str = "", template_mask: str = "", ensemble: int = 1,
+               name: str = "ds_wf"):
     """Write one image's results as BIDS derivatives (the central DerivativesDataSink), then
     its reportlets (:class:`ImageReportlets`: figures in ``sub-<label>/figures``).
 
     Inputs: ``source_file`` and the fields of :func:`init_neuroverse3d_wf`'s outputnode.
     Outputs: ``derivatives`` (the files stored), ``report_facts`` (for :func:`init_report_wf`).
     ``template_file``/``template_mask``: background and outline of the registration flicker.
+    ``ensemble`` > 1: also the members' spread maps (``template_spread``/``native_spread``).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "source_file", "forward_transform", "inverse_transform", "template_outputs",
         "native_outputs", "native_masks", "native_dseg", "template_masks", "template_dseg",
-        "info"]), name="inputnode")
+        "info", "template_spread", "native_spread"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["derivatives", "report_facts"]),
                          name="outputnode")
     meta = pe.Node(niu.Function(function=_merge_meta, input_names=["info", "static"],
@@ -47,11 +66,18 @@ def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template:
     meta.inputs.static = static_meta
     workflow.connect([(inputnode, meta, [("info", "info")])])
 
-    def sink(field, entities, node_name, select=None):
+    spread_meta = None
+    if ensemble > 1:
+        spread_meta = pe.Node(niu.Function(function=_spread_meta, input_names=["meta", "members"],
+                                           output_names=["meta"]), name="spread_meta")
+        spread_meta.inputs.members = ensemble
+        workflow.connect([(meta, spread_meta, [("meta", "meta")])])
+
+    def sink(field, entities, node_name, select=None, meta_node=meta):
         node = pe.Node(DerivativesDataSink(base_directory=output_dir, entities=entities),
                        name=node_name, run_without_submitting=True)
         workflow.connect([(inputnode, node, [("source_file", "source_file")]),
-                          (meta, node, [("meta", "meta")])])
+                          (meta_node, node, [("meta", "meta")])])
         if select is None:
             workflow.connect([(inputnode, node, [(field, "in_file")])])
         else:
@@ -77,6 +103,12 @@ def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template:
             else:
                 sink(f"{space}_outputs", dict(extra, desc=out_name, suffix=generated_suffix),
                      f"ds_{space}_{out_name}", select=index)
+            if spread_meta is not None:
+                entities = (dict(extra, label=out_name, desc="spread", suffix="probseg")
+                            if task == "segmentation" else
+                            dict(extra, desc=f"{out_name}spread", suffix=generated_suffix))
+                sink(f"{space}_spread", entities, f"ds_{space}_spread_{out_name}",
+                     select=index, meta_node=spread_meta)
         if task == "segmentation" and len(output_names) > 1:
             sink(f"{space}_dseg", dict(extra, suffix="dseg"), f"ds_{space}_dseg")
 
@@ -136,7 +168,7 @@ def init_main_wf(*, targets: Dict[str, Sequence[str]], pairs: Sequence,
                  source_suffix: str, generated_suffix: str, static_meta: Dict,
                  inference: Dict, sloppy: bool, seed: int, context_pool: str = "",
                  icl_resources: Dict = None, template_mask: str = "",
-                 name: str = "neuroverse3d_wf"):
+                 ensemble: Dict = None, name: str = "neuroverse3d_wf"):
     """All participants of a run: per image the ICL workflow and the derivatives (with the
     reportlets), per subject the report page.
 
@@ -144,6 +176,9 @@ def init_main_wf(*, targets: Dict[str, Sequence[str]], pairs: Sequence,
     template_mask: the template's brain mask (outline of the registration flicker).
     context_pool: the stacked pool of the context cache (then ``pairs`` are not registered
     here); icl_resources: ``mem_gb``/``n_procs`` of each ICL node.
+    ensemble: context selection and ensemble inputs of the ICL nodes (``selection``,
+    ``ensemble``, ``num_contexts``, ``similarity_mask``); each node then chooses its members
+    out of the subset, leaving its own subject out.
     """
     workflow = pe.Workflow(name=name)
     if context_pool:
@@ -154,6 +189,7 @@ def init_main_wf(*, targets: Dict[str, Sequence[str]], pairs: Sequence,
         context_wf.inputs.inputnode.template_file = template_file
         context_wf.inputs.inputnode.grid_reference = grid_reference
     resources = {f"icl_{k}": v for k, v in (icl_resources or {}).items()}
+    members = (ensemble or {}).get("ensemble", 1)
     # what the pages show of the run (volatile entries would rerun the report nodes)
     report_meta = {k: static_meta[k] for k in ("ContextSpec", "Template", "Software")
                    if k in static_meta}
@@ -168,6 +204,7 @@ def init_main_wf(*, targets: Dict[str, Sequence[str]], pairs: Sequence,
             suffix = f"_{index}" if len(images) > 1 else ""
             icl_wf = init_neuroverse3d_wf(output_names=output_names, task=task, model=model,
                                           inference=inference, sloppy=sloppy, seed=seed,
+                                          ensemble=ensemble, exclude=[subject] if ensemble else (),
                                           name=f"sub_{subject}{suffix}_wf", **resources)
             icl_wf.inputs.inputnode.in_file = str(image)
             icl_wf.inputs.inputnode.template_file = template_file
@@ -176,12 +213,14 @@ def init_main_wf(*, targets: Dict[str, Sequence[str]], pairs: Sequence,
                                template=template, source_suffix=source_suffix,
                                generated_suffix=generated_suffix, static_meta=static_meta,
                                template_file=template_file, template_mask=template_mask,
-                               name=f"ds_sub_{subject}{suffix}_wf")
+                               ensemble=members, name=f"ds_sub_{subject}{suffix}_wf")
             ds_wf.inputs.inputnode.source_file = str(image)
             fields = ["forward_transform", "inverse_transform", "template_outputs",
                       "native_outputs", "info"]
             if task == "segmentation":
                 fields += ["native_masks", "native_dseg", "template_masks", "template_dseg"]
+            if members > 1:
+                fields += ["template_spread", "native_spread"]
             workflow.connect([
                 (context_wf, icl_wf, [(f"outputnode.{subset_of[subject]}", "inputnode.context_set")]),
                 (icl_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields]),

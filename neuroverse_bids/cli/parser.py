@@ -85,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
                               "choices); wins over --random-seed and the spec's seed "
                               "(default: --random-seed, else the spec's, else 0)")
 
+    ensemble = parser.add_argument_group(
+        "Context selection and ensembles", "Which pool subjects each target gets as context, "
+        "and how many predictions are averaged (their spread is written as an uncertainty map).")
+    ensemble.add_argument("--context-selection", choices=["random", "similar"],
+                          help="random: a seeded draw; similar: the most similar labelled "
+                               "subjects by normalised cross-correlation on the model grid "
+                               "(default: random, or the spec's \"selection\")")
+    ensemble.add_argument("--ensemble", type=positive_int, metavar="K",
+                          help="average K predictions from K distinct context sets and write "
+                               "their per-voxel standard deviation (desc-spread) (default: 1, "
+                               "or the spec's \"ensemble\")")
+
     derivatives = parser.add_argument_group(
         "Derivatives and the context cache", "Datasets a context spec can name, and where the "
         "registered context set is kept for later runs and the other jobs of an array.")

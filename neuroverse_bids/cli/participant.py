@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,11 +79,45 @@ def write_grid_reference(template_files: Dict, grid: Dict, path: Path) -> Path:
     return write_atomic(path, lambda tmp: nb.save(reference, tmp))
 
 
+def pick_pool(candidates: List[str], spec, targets: List[str]) -> List[str]:
+    """The labelled subjects the run stacks: today's seeded pool for one random draw; for
+    ``similar`` every candidate, for a random ensemble of K the first K*L+1 of the seeded
+    shuffle (so that K disjoint draws fit whichever target is left out). A request the pool
+    cannot serve is a usage error (exit 64) that gives the numbers."""
+    from ..model.selection import check_request
+
+    if not spec.pooled:
+        return pick_context_pool(candidates, spec, targets)
+    pool = sorted(candidates)
+    random.Random(spec.seed).shuffle(pool)
+    if spec.selection == "random":
+        pool = pool[: spec.ensemble * spec.num_contexts + 1]
+    for target in targets:
+        problem = check_request(len([s for s in pool if s != target]), spec.num_contexts,
+                                spec.ensemble)
+        if problem:
+            raise UsageError(f"{spec.source}: sub-{target}: {problem} (--context-selection "
+                             f"{spec.selection}, --ensemble {spec.ensemble}, --num-contexts "
+                             f"{spec.num_contexts}); lower --ensemble or --num-contexts, or add "
+                             "labelled subjects")
+    return pool
+
+
+def write_grid_mask(template_files: Dict, grid_reference: Path, path: Path) -> Path:
+    """The template brain mask on the model grid (where ``similar`` compares images)."""
+    from ..workflows.geometry import resample
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return resample(template_files["brain_mask"], grid_reference, None, path,
+                    interpolation="nearest")
+
+
 def _subsets(subjects: List[str], pool: List[str], spec) -> (Dict, Dict):
-    """Distinct context subsets (key -> subjects) and each target's key."""
+    """Distinct context subsets (key -> subjects) and each target's key; with a pool
+    (``spec.pooled``) every target gets the whole pool and its ICL node leaves it out."""
     keys, subsets, subset_of = {}, {}, {}
     for subject in subjects:
-        chosen = tuple(contexts_for(subject, pool, spec))
+        chosen = tuple(pool if spec.pooled else contexts_for(subject, pool, spec))
         if chosen not in keys:
             keys[chosen] = f"set{len(keys)}"
             subsets[keys[chosen]] = list(chosen)
@@ -90,7 +125,8 @@ def _subsets(subjects: List[str], pool: List[str], spec) -> (Dict, Dict):
     return subsets, subset_of
 
 
-def icl_resources(model, grid: Dict, structures: int, pairs: int, args) -> (Dict, Dict):
+def icl_resources(model, grid: Dict, structures: int, pairs: int, args,
+                  stacked: Optional[int] = None) -> (Dict, Dict):
     """What each ICL node reserves (``mem_gb`` from the predictor's memory plan for the model
     grid, ``n_procs`` from --omp-nthreads) and the inference settings it runs with.
 
@@ -99,7 +135,8 @@ def icl_resources(model, grid: Dict, structures: int, pairs: int, args) -> (Dict
     nodes than fit), runs the planned mini-context size, and checks it against its own
     inference budget (``--icl-mem``, else ``--mem``, else a safe fraction of free memory). On
     a GPU the plan is the GPU's, made when the node runs; the node reserves the host memory of
-    its arrays.
+    its arrays. ``stacked``: the pairs the node loads when it chooses ``pairs`` out of a pool
+    (default ``pairs``).
     """
     from ..model.predictor import Predictor, resolve_device
 
@@ -109,7 +146,7 @@ def icl_resources(model, grid: Dict, structures: int, pairs: int, args) -> (Dict
     inference = {"device": args.device, "precision": args.precision,
                  "mini_context_size": args.mini_context_size}
     shape = list(grid["shape"])
-    arrays_gb = 4 * (1 + structures) * (pairs + 1) * int(np.prod(shape)) / GB
+    arrays_gb = 4 * (1 + structures) * ((stacked or pairs) + 1) * int(np.prod(shape)) / GB
     try:
         device = resolve_device(args.device)
     except ValueError as error:
@@ -155,7 +192,7 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
                                       filters=filters.get(spec.image_suffix.lower()),
                                       suffix=spec.image_suffix) for s in subjects}
     pairs = find_context_pairs(spec, Datasets(bids_dir, work_dir / "bids_db", raw_layout=layout))
-    pool = pick_context_pool(list(pairs), spec, subjects)
+    pool = pick_pool(list(pairs), spec, subjects)
     for subject in pool:
         check_pair(pairs[subject])
     subsets, subset_of = _subsets(subjects, pool, spec)
@@ -170,6 +207,13 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     template_files = template_files_for(template, work_dir)
     grid_reference = write_grid_reference(template_files, grid,
                                           work_dir / "grid" / f"tpl-{template}_grid.nii.gz")
+    ensemble = None
+    if spec.pooled:  # each ICL node chooses its members out of the pool, leaving its own out
+        ensemble = {"selection": spec.selection, "ensemble": spec.ensemble,
+                    "num_contexts": spec.num_contexts}
+        if spec.selection == "similar":
+            ensemble["similarity_mask"] = str(write_grid_mask(
+                template_files, grid_reference, work_dir / "grid" / f"tpl-{template}_grid_mask.nii.gz"))
 
     if spec.task == "segmentation":
         output_names = [s.name for s in spec.structures]
@@ -177,7 +221,8 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     else:
         output_names = [spec.output_name]
         generated_suffix = spec.output_suffix or spec.image_suffix
-    resources, inference = icl_resources(model, grid, len(output_names), spec.num_contexts, args)
+    resources, inference = icl_resources(model, grid, len(output_names), spec.num_contexts, args,
+                                         stacked=len(pool) if spec.pooled else None)
     static_meta = {
         "ContextSpec": spec.to_dict(),
         "Template": template,
@@ -192,7 +237,7 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
         degradation=spec.degradation or "", output_dir=str(output_dir),
         source_suffix=spec.image_suffix, generated_suffix=generated_suffix,
         static_meta=static_meta, inference=inference, sloppy=args.sloppy, seed=spec.seed,
-        icl_resources=resources)
+        icl_resources=resources, ensemble=ensemble)
     cache_dir = Path(args.context_cache).resolve() if getattr(args, "context_cache", None) \
         else output_dir / CACHE_FOLDER
     request = context_cache.pool_request(spec, pool_pairs, grid, template, template_files["t1w"],
