@@ -54,6 +54,32 @@ def test_spread_maps_in_native_and_template_space(ensemble_run):
             assert mask_meta["Uncertainty"][structure]["BoundarySpread"] > 0
 
 
+def test_subject_report_shows_the_spread_and_the_uncertainty(ensemble_run):
+    from neuroverse_bids.workflows.reports import rebuild_reports
+    from neuroverse_bids.workflows.reports.common import is_nonempty_image, report_figures
+
+    out = ensemble_run["out"]
+    page_file = out / "sub-01.html"
+    for rebuilt in (False, True):  # as the run drew it, then re-rendered from the saved facts
+        if rebuilt:
+            assert page_file in rebuild_reports(out, ["01"])
+        page = page_file.read_text()
+        figure = "sub-01/figures/sub-01_desc-spread_T1w.svg"
+        assert figure in page
+        assert (out / figure).resolve() in report_figures(page_file)
+        assert is_nonempty_image(out / figure) and "<image" in (out / figure).read_text()
+        meta = json.loads((out / "sub-01" / "anat" / "sub-01_desc-brain_mask.json").read_text())
+        table = page[page.index("Ensemble uncertainty"):page.index("Context selection")]
+        for structure in STRUCTURES:
+            disagreement = meta["Uncertainty"][structure]["Disagreement"]
+            assert f"<td>{structure}</td><td class=\"num\">{disagreement:.4f}</td>" in table
+        selection = page[page.index("Context selection"):]
+        assert "<b>similar</b>, 3 member(s)" in selection
+        for chosen in meta["ContextSelection"]["ContextSets"]:
+            score = meta["ContextSelection"]["SimilarityNCC"][chosen[0]]
+            assert f"sub-{chosen[0]} ({score:.3f})" in selection
+
+
 def test_ensemble_outputs_pass_the_bids_validator(ensemble_run):
     validator = shutil.which("bids-validator-deno")
     if validator is None:

@@ -130,6 +130,8 @@ def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template:
             (stored, outputnode, [("out", "derivatives")]),
             (reportlets, outputnode, [("facts", "report_facts")]),
         ])
+    if spread_meta is not None:  # ensembles: the spread overlay
+        workflow.connect([(inputnode, reportlets, [("native_spread", "native_spread")])])
     return workflow
 
 

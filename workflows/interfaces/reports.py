@@ -28,6 +28,8 @@ class _ImageReportletsInputSpec(BaseInterfaceInputSpec):
     template = traits.Str("template", usedefault=True, desc="template identifier")
     native_masks = InputMultiObject(File(exists=True), desc="segmentation: one mask per name")
     native_outputs = InputMultiObject(File(exists=True), desc="generation: one image per name")
+    native_spread = InputMultiObject(File(exists=True), desc="ensembles: the members' per-voxel "
+                                                            "spread, one image per name")
 
 
 class _ImageReportletsOutputSpec(TraitedSpec):
@@ -45,7 +47,7 @@ class ImageReportlets(SimpleInterface):
 
         given = {k: getattr(self.inputs, k) for k in ("forward_transform", "template_file",
                                                       "template_mask", "native_masks",
-                                                      "native_outputs")
+                                                      "native_outputs", "native_spread")
                  if isdefined(getattr(self.inputs, k))}
         self._results["facts"] = image_reportlets(
             output_dir=self.inputs.output_dir, source_file=self.inputs.source_file,

@@ -15,6 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: reports are drawn without a display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.cm  # noqa: E402
+import matplotlib.colors  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -25,6 +27,8 @@ from .svg import figure_svg, flicker_svg, save_svg  # noqa: E402
 COLOURS = ("#ff1744", "#00e5ff", "#ffea00", "#76ff03", "#ff9100", "#d500f9")
 COLOUR_NAMES = ("red", "cyan", "yellow", "green", "orange", "purple")
 DPI = 90
+#: heat maps (spread): perceptually uniform
+HEAT = "inferno"
 #: mosaic rows: sagittal, coronal, axial
 ROWS = ("x", "y", "z")
 
@@ -85,8 +89,10 @@ def cut_coords(image, count: int, rows: Sequence[str] = ROWS) -> Dict[str, List[
             for a, axis in enumerate("xyz") if axis in rows}
 
 
-def _mosaic(image, masks: Dict[str, object], cuts: Dict[str, List[float]], title=None):
-    """A figure: one row of slices per axis of ``cuts``, masks drawn as outlines at 0.5."""
+def _mosaic(image, masks: Dict[str, object], cuts: Dict[str, List[float]], title=None,
+            heat: Optional[Dict] = None):
+    """A figure: one row of slices per axis of ``cuts``, masks drawn as outlines at 0.5;
+    ``heat`` (``img``, ``threshold``, ``vmax``): a heat map over the slices."""
     img = _load(image)
     data = np.asanyarray(img.dataobj)
     inside = data[data > 0]
@@ -94,12 +100,20 @@ def _mosaic(image, masks: Dict[str, object], cuts: Dict[str, List[float]], title
     outlines = [(m, c) for m, c in zip(map(_load, masks.values()), COLOURS * 8) if _has_voxels(m)]
     rows, count = list(cuts), max(len(c) for c in cuts.values())
     figure = plt.figure(figsize=(count * 1.6, len(rows) * 1.6 + 0.3), facecolor="black")
-    height = 1 / len(rows)
+    height, width = 1 / len(rows), 1 if heat is None else 0.93
     for index, axis in enumerate(rows):
-        display = _anat(img, figure, [0, 1 - (index + 1) * height, 1, height - 0.01], axis,
+        display = _anat(img, figure, [0, 1 - (index + 1) * height, width, height - 0.01], axis,
                         cuts[axis], title=title if index == 0 else None, vmax=vmax)
         for mask_img, colour in outlines:
             display.add_contours(mask_img, levels=[0.5], colors=[colour], linewidths=1.2)
+        if heat is not None:
+            display.add_overlay(heat["img"], threshold=heat["threshold"], cmap=HEAT,
+                                vmin=0, vmax=heat["vmax"])
+    if heat is not None:  # one colour bar beside all rows
+        scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, heat["vmax"]), HEAT)
+        bar = figure.colorbar(scale, cax=figure.add_axes([0.945, 0.06, 0.015, 0.88]))
+        bar.ax.tick_params(colors="white", labelsize=8)
+        bar.outline.set_edgecolor("white")
     return figure
 
 
@@ -109,6 +123,26 @@ def contours(image, masks: Dict[str, object], out_svg, cuts: int = 6,
     :data:`COLOURS`), one row of ``cuts`` slices per axis in ``rows``, cut through the masks."""
     union = _union(list(masks.values())) if masks else _load(image)
     return save_svg(_mosaic(image, masks, cut_coords(union, cuts, rows), title), out_svg)
+
+
+def spread(image, spreads: Sequence[object], out_svg, masks: Dict[str, object] = None,
+           cuts: int = 6, rows: Sequence[str] = ROWS, threshold: float = 0.05,
+           title: Optional[str] = None) -> Path:
+    """SVG: the largest of ``spreads`` (the ensemble members' per-voxel standard deviations,
+    one image per structure on ``image``'s grid) as a heat map (:data:`HEAT`, 0 to the
+    largest value, one colour bar) over ``image``; voxels below ``threshold`` stay transparent
+    so the anatomy shows. Same rows and cuts as :func:`contours` through ``masks`` (else
+    through ``image``)."""
+    import nibabel as nb
+
+    loaded = [_load(s) for s in spreads]
+    largest = np.max([np.asanyarray(s.dataobj) for s in loaded], axis=0)
+    heat = nb.Nifti1Image(largest.astype(np.float32), loaded[0].affine)
+    vmax = max(float(largest.max()), 2 * threshold)
+    union = _union(list(masks.values())) if masks else _load(image)
+    figure = _mosaic(image, {}, cut_coords(union, cuts, rows), title,
+                     heat={"img": heat, "threshold": threshold, "vmax": vmax})
+    return save_svg(figure, out_svg)
 
 
 def flicker(bottom, top, out_svg, outline=None, cuts: int = 6, rows: Sequence[str] = ROWS,

@@ -56,7 +56,8 @@ def _derivative(derivatives: Sequence[str], **wanted) -> Optional[str]:
 def image_reportlets(*, output_dir, source_file, task: str, output_names: Sequence[str],
                      info: Dict, derivatives: Sequence[str], forward_transform=None,
                      template_file=None, template_mask=None, template: str = "template",
-                     native_masks: Sequence[str] = (), native_outputs: Sequence[str] = ()) -> Dict:
+                     native_masks: Sequence[str] = (), native_outputs: Sequence[str] = (),
+                     native_spread: Sequence[str] = ()) -> Dict:
     """Draw one image's reportlets into ``sub-<label>/figures/``; return its facts.
 
     Registration: the image resampled into template space through ``forward_transform``,
@@ -64,7 +65,9 @@ def image_reportlets(*, output_dir, source_file, task: str, output_names: Sequen
     outlines of ``native_masks`` (one per name, in order) over the native image, and each
     structure's volume (mm^3). Generation: each of ``native_outputs`` flickering against the
     native image. ``derivatives``: the files the run stored for this image (linked from the
-    page, so they exist before the page names them).
+    page, so they exist before the page names them). ``native_spread`` (ensembles only, one
+    per name): the members' spread, drawn as one heat map (the largest spread across the
+    names) at the cuts of the outlines; only then do the facts hold ``spread``.
     """
     from ..geometry import resample
 
@@ -107,6 +110,11 @@ def image_reportlets(*, output_dir, source_file, task: str, output_names: Sequen
                                   titles=(f"{stem} (input)", f"{name} (output)"))
             facts["generated"].append({"name": name, "figure": _relative(svg, output_dir),
                                        "file": _relative(stored, output_dir) if stored else None})
+    if native_spread:
+        masks = dict(zip(output_names, native_masks)) if task == "segmentation" else None
+        svg = figures.spread(source_file, list(native_spread),
+                             folder / f"{stem}_desc-spread_{suffix}.svg", masks=masks)
+        facts["spread"] = _relative(svg, output_dir)
     return facts
 
 
@@ -114,14 +122,19 @@ def context_reportlet(*, output_dir, subject: str, context_set, grid_reference, 
                       output_names: Sequence[str], suffix: str = "T1w") -> Dict:
     """Draw the first pair of the stacked context set (``context_set``: npz with ``images``
     [L, ...], ``outputs`` [K, L, ...], ``subjects`` [L]) on the model grid (affine of
-    ``grid_reference``), as the model saw it; return ``dict(subjects, figure)``."""
+    ``grid_reference``), as the model saw it; return ``dict(subjects, figure)``.
+
+    A pooled set (``--context-selection similar``, ``--ensemble``) holds the whole pool, the
+    subject included; the ICL node excludes it, so the page lists and draws only the others."""
     import nibabel as nb
     import numpy as np
 
     output_dir = Path(output_dir).absolute()
     with np.load(context_set) as stack:
-        subjects: List[str] = [str(s) for s in stack["subjects"]]
-        image, outputs = stack["images"][0], stack["outputs"][:, 0]
+        pool: List[str] = [str(s) for s in stack["subjects"]]
+        keep = [i for i, label in enumerate(pool) if label != subject] or [0]
+        subjects = [pool[i] for i in keep]
+        image, outputs = stack["images"][keep[0]], stack["outputs"][:, keep[0]]
     affine = nb.load(str(grid_reference)).affine
     image_img = nb.Nifti1Image(image.astype(np.float32), affine)
     out_svg = figures_dir(output_dir, subject) / f"sub-{subject}_desc-context_{suffix}.svg"

@@ -51,6 +51,24 @@ def read_facts(output_dir, subject: str) -> Optional[Dict]:
     return facts
 
 
+def _ensemble_view(info: Dict) -> Dict:
+    """What the page shows of an ICL node's context selection and ensemble (``info``):
+    ``uncertainty`` rows (ensembles: structure, Disagreement, BoundarySpread; see
+    model.ensemble) and ``selection`` (method, each member's context subjects with their NCC
+    to the target)."""
+    members = info.get("ensemble") or 1  # a single member's summaries are 0 by definition
+    uncertainty = [{"name": name, "disagreement": values["disagreement"],
+                    "boundary_spread": values["boundary_spread"]}
+                   for name, values in (info.get("uncertainty") or {}).items() if members > 1]
+    selection = None
+    if info.get("context_sets"):
+        scores = info.get("similarity") or {}
+        selection = {"method": info.get("selection", "n/a"),
+                     "members": [[{"subject": s, "ncc": scores.get(s)} for s in chosen]
+                                 for chosen in info["context_sets"]]}
+    return {"uncertainty": uncertainty, "selection": selection}
+
+
 def _crash_rows(output_dir: Path, crashes):
     return [dict(summary, file=path.relative_to(output_dir).as_posix(), name=path.name)
             for path, summary in crashes]
@@ -70,7 +88,8 @@ def render_subject_report(output_dir, subject: str, facts: Optional[Dict] = None
                                 f"files for sub-{subject}; run the participant level for it first")
     images, context, about, missing = [], None, {}, {}
     if facts is not None:
-        images = [dict(image, anchor=f"image{number}")
+        images = [dict(image, anchor=f"image{number}", spread=image.get("spread"),
+                       **_ensemble_view(image["info"]))
                   for number, image in enumerate(facts["images"])]
         context = facts["context"]
         info = images[0]["info"] if images else {}
@@ -79,7 +98,8 @@ def render_subject_report(output_dir, subject: str, facts: Optional[Dict] = None
                  "precision_reason": info.get("precision_reason"),
                  "mini_context_size": info.get("mini_context_size", "n/a")}
         shown = [context.get("figure")] + [f for i in images for f in
-                                           [i["registration"], i["segmentation"]] +
+                                           [i["registration"], i["segmentation"],
+                                            i.get("spread")] +
                                            [g["figure"] for g in i["generated"]]]
         missing = {f: "rerun the participant level to draw it" for f in shown
                    if f and not (output_dir / f).is_file()}
