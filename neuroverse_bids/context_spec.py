@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
 
+from .model.selection import SELECTIONS
 from .model.training.synthesis import DEGRADATIONS  # the one registry (name -> Degradation)
 from .workflows.errors import BadInputError, MissingInputError, UsageError
 
@@ -133,8 +134,8 @@ class ContextSpec:
             raise UsageError(f"{where}: task must be 'segmentation' or 'generation', got {self.task!r}")
         if self.num_contexts < 1:
             raise UsageError(f"{where}: num_contexts must be >= 1")
-        if self.selection not in ("random", "similar"):
-            raise UsageError(f"{where}: selection must be 'random' or 'similar', got "
+        if self.selection not in SELECTIONS:
+            raise UsageError(f"{where}: selection must be one of {', '.join(SELECTIONS)}, got "
                              f"{self.selection!r}")
         if self.ensemble < 1:
             raise UsageError(f"{where}: ensemble must be >= 1, got {self.ensemble}")

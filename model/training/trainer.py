@@ -175,7 +175,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------- training
     def _autocast(self, training: bool = True):
-        # CPU validation runs in float32: the network's fused CPU inference kernels bypass autocast
+        # validation on the CPU runs in float32, the reference precision; training may autocast
         if not self.cfg.bf16 or (not training and self.device.type == "cpu"):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)

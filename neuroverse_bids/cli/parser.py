@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
-from ..context_spec import DEFAULT_NUM_CONTEXTS, DEGRADATIONS
+from ..context_spec import DEFAULT_NUM_CONTEXTS, DEGRADATIONS, SELECTIONS
 from .boutiques import BoutiquesAction
 from .options import ExitCode64Parser, add_inference_options, memory_size, positive_int
 
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble = parser.add_argument_group(
         "Context selection and ensembles", "Which pool subjects each target gets as context, "
         "and how many predictions are averaged (their spread is written as an uncertainty map).")
-    ensemble.add_argument("--context-selection", choices=["random", "similar"],
+    ensemble.add_argument("--context-selection", choices=SELECTIONS,
                           help="random: a seeded draw; similar: the most similar labelled "
                                "subjects by normalised cross-correlation on the model grid "
                                "(default: random, or the spec's \"selection\")")

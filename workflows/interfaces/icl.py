@@ -17,6 +17,7 @@ from nipype.interfaces.base import (
 )
 
 from ...model.intensity import normalise_intensity
+from ...model.selection import SELECTIONS
 from ..niftiio import load_volume, write_nifti_atomic
 
 
@@ -136,7 +137,7 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
     precision = traits.Str("auto", usedefault=True)
     mini_context_size = traits.Either(traits.Int, traits.Str, default="auto", usedefault=True)
     mem_gb = traits.Either(None, traits.Float, default=None, usedefault=True)
-    selection = traits.Enum("random", "similar", usedefault=True,
+    selection = traits.Enum(*SELECTIONS, usedefault=True,
                             desc="random: the set's first num_contexts pairs (in its seeded "
                             "order) but the target's; similar: the most similar by NCC")
     ensemble = traits.Range(low=1, value=1, usedefault=True,
