@@ -9,7 +9,7 @@ from neuroverse_bids.model.training.augment import AugmentConfig
 from neuroverse_bids.model.training.manifest import (DatasetEntry, Manifest, Subject,
                                                      load_manifest, save_manifest)
 from neuroverse_bids.model.training.sampling import (DEFAULT_RATES, EpisodeSampler,
-                                                     choose_classes, rotations)
+                                                     choose_classes, choose_structure, rotations)
 from neuroverse_bids.model.training.synthesis import GENERATION_TASKS, TASKS
 from synthetic import make_toy_dataset
 
@@ -73,6 +73,16 @@ def test_choose_classes_single_or_union():
     singles = sum(len(d) == 1 for d in draws) / 400
     assert 0.5 < singles < 0.65  # 0.5 single + 0.5 * P(union of size 1) = 0.55
     assert max(len(d) for d in draws) == 10
+
+
+def test_choose_structure_takes_a_named_structure_present_in_the_label():
+    label = torch.tensor([0, 3, 4, 5, 10, 11]).view(6, 1, 1)
+    named = {"brain": [3, 4, 5], "Hippocampus": [10, 11], "Putamen": [16, 17]}
+    g = torch.Generator().manual_seed(0)
+    draws = Counter(tuple(choose_structure(label, named, g)) for _ in range(300))
+    assert set(draws) == {(3, 4, 5), (10, 11)}  # the putamen is absent from this label map
+    assert min(draws.values()) > 100
+    assert choose_structure(label, {"Putamen": [16, 17]}, g) == []
 
 
 def test_episode_shapes_values_and_determinism(toy):

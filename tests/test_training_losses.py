@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from neuroverse_bids.model.training.losses import (dice, gradient_loss, psnr, smooth_l3_l1,
-                                                   task_loss)
+                                                   soft_dice_loss, task_loss)
 
 
 def test_smooth_l3_l1_hand_values():
@@ -57,3 +57,18 @@ def test_dice_and_psnr():
     assert dice(torch.zeros(3), torch.zeros(3)) == 1.0
     assert psnr(torch.full((4,), 0.1), torch.zeros(4)) == pytest.approx(20.0, rel=1e-5)
     assert math.isinf(psnr(a, a))
+
+
+def test_soft_dice_loss_and_its_place_in_the_segmentation_loss():
+    target = torch.zeros(2, 1, 2, 2, 2)
+    target[:, :, 0] = 1.0
+    assert soft_dice_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(torch.zeros_like(target), target).item() == pytest.approx(1.0)
+    assert soft_dice_loss(0.5 * target, target).item() == pytest.approx(1 - 1.0 / 1.25, rel=1e-5)
+    assert soft_dice_loss(1.5 * target, target).item() > 0  # overshooting costs too
+    pred = torch.full_like(target, 0.5)
+    plain = task_loss(pred, target, "segmentation").item()
+    assert task_loss(pred, target, "segmentation", dice_weight=2.0).item() == \
+        pytest.approx(plain + 2.0 * soft_dice_loss(pred, target).item(), rel=1e-6)
+    assert task_loss(pred, target, "inpainting", dice_weight=2.0).item() == \
+        pytest.approx(task_loss(pred, target, "inpainting").item(), rel=1e-6)

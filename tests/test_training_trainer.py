@@ -1,6 +1,7 @@
 """Trainer: exact resume, a short run that learns, the CLI, fine-tuning from a checkpoint."""
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -27,13 +28,14 @@ def _config(manifest, out, **overrides):
     return TrainConfig(**base)
 
 
-def test_stopped_and_resumed_run_matches_uninterrupted_run(toy8, tmp_path):
-    straight = Trainer(_config(toy8, tmp_path / "a"))
+@pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "cosine", "warmup_steps": 1, "min_lr": 1e-5}])
+def test_stopped_and_resumed_run_matches_uninterrupted_run(toy8, tmp_path, schedule):
+    straight = Trainer(_config(toy8, tmp_path / "a", **schedule))
     straight.fit()
-    first = Trainer(_config(toy8, tmp_path / "b", stop_after=2))
+    first = Trainer(_config(toy8, tmp_path / "b", stop_after=2, **schedule))
     first.fit()
     assert first.step == 2
-    second = Trainer(_config(toy8, tmp_path / "b"))  # same folder: resumes from state.pt
+    second = Trainer(_config(toy8, tmp_path / "b", **schedule))  # same folder: resumes from state.pt
     assert second.resume() and second.step == 2
     second.fit()
     assert second.step == 4
@@ -52,6 +54,29 @@ def test_stopped_and_resumed_run_matches_uninterrupted_run(toy8, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert rows[1]["val_loss"] and rows[3]["val_loss"]
     assert {r["stage"] for r in rows} == {"1", "2"}
+    with open(tmp_path / "a" / "log.csv") as handle:
+        assert [r["lr"] for r in rows] == [r["lr"] for r in csv.DictReader(handle)]
+
+
+def test_cosine_and_constant_schedules_follow_the_step(toy8, tmp_path):
+    def rates(**overrides):
+        trainer = Trainer(_config(toy8, tmp_path, steps=11, lr=1e-3, min_lr=1e-5, warmup_steps=2,
+                                  **overrides))
+        out = []
+        for _ in range(11):
+            out.append(trainer.optimizer.param_groups[0]["lr"])
+            trainer.optimizer.step()
+            trainer.scheduler.step()
+        return out
+
+    cosine = rates(lr_schedule="cosine")
+    assert cosine[:3] == pytest.approx([5e-4, 1e-3, 1e-3])  # linear warm-up, then the peak
+    assert cosine[-1] == pytest.approx(1e-5)                # the floor at the last step
+    assert cosine[6] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))
+    assert rates(lr_schedule="constant")[1:] == pytest.approx([1e-3] * 10)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        Trainer(_config(toy8, tmp_path, lr_schedule="linear"))
 
 
 def test_stage_plan(toy8, tmp_path):
@@ -124,7 +149,30 @@ def test_bf16_autocast_step_and_validation_metrics(toy8, tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     metrics = trainer.validate()
-    tasks = {e.task for e in trainer.validation_episodes()}
     assert metrics["val_loss"] > 0
-    assert (0 <= metrics["val_dice"] <= 1) == ("segmentation" in tasks)
-    assert (metrics["val_psnr"] > 0) == ("inpainting" in tasks)
+    assert 0 <= metrics["val_dice"] <= 1 and metrics["val_psnr"] > 0
+
+
+def test_validation_is_stratified_by_task(toy8, tmp_path):
+    trainer = Trainer(_config(toy8, tmp_path, val_episodes=5, tasks=["segmentation", "inpainting",
+                                                                     "gaussian-noise"]))
+    tasks = [e.task for e in trainer.validation_episodes()]
+    assert trainer.val_episode_count == 6  # 5 rounded up to 2 per task
+    assert sorted(tasks) == sorted(["segmentation", "inpainting", "gaussian-noise"] * 2)
+    small = Trainer(_config(toy8, tmp_path / "one", val_episodes=1, tasks=["segmentation", "inpainting"]))
+    metrics = small.validate()  # one episode asked for, still every task measured
+    assert {e.task for e in small.validation_episodes()} == {"segmentation", "inpainting"}
+    assert math.isfinite(metrics["val_dice"]) and math.isfinite(metrics["val_psnr"])
+
+
+def test_named_structure_episodes_and_dice_loss_train(toy8, tmp_path):
+    structures = tmp_path / "structures.json"
+    structures.write_text(json.dumps({"*": {"pair": [1, 2], "single": [3]}}))
+    trainer = Trainer(_config(toy8, tmp_path / "run", structures=str(structures), structure_prob=1.0,
+                              dice_weight=1.0, tasks=["segmentation"], steps=2))
+    shown = [trainer.sampler.sample(torch.Generator().manual_seed(i), 2).classes for i in range(12)]
+    assert {tuple(c) for c in shown} <= {(1, 2), (3,)} and len({tuple(c) for c in shown}) == 2
+    trainer.fit()
+    assert trainer.step == 2
+    with pytest.raises(FileNotFoundError, match="structures file not found"):
+        Trainer(_config(toy8, tmp_path / "x", structure_prob=0.5))

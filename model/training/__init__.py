@@ -14,9 +14,9 @@ from importlib import import_module
 _EXPORTS = {
     "TrainConfig": "config",
     "dice": "losses", "gradient_loss": "losses", "psnr": "losses", "smooth_l3_l1": "losses",
-    "task_loss": "losses",
+    "soft_dice_loss": "losses", "task_loss": "losses",
     "DatasetEntry": "manifest", "Manifest": "manifest", "Subject": "manifest",
-    "load_manifest": "manifest", "save_manifest": "manifest",
+    "load_manifest": "manifest", "read_structures": "manifest", "save_manifest": "manifest",
     "VolumeLoader": "sampling",
     "DEGRADATIONS": "synthesis", "SEGMENTATION": "synthesis", "TASKS": "synthesis",
     "degrade": "synthesis", "make_pair": "synthesis",

@@ -30,6 +30,10 @@ FLAGS = {
     "--seed": ("seed", int), "--val-every": ("val_every", int),
     "--val-episodes": ("val_episodes", int), "--ckpt-every": ("ckpt_every", int),
     "--log-every": ("log_every", int), "--stop-after": ("stop_after", int),
+    "--lr-schedule": ("lr_schedule", str), "--warmup-steps": ("warmup_steps", int),
+    "--dice-weight": ("dice_weight", float), "--structures": ("structures", str),
+    "--structure-prob": ("structure_prob", float),
+    "--targets-per-group": ("targets_per_group", int),
 }
 
 

@@ -8,6 +8,8 @@ from typing import Dict, List, Optional
 
 from ..network import RELEASED_CHANNELS
 
+LR_SCHEDULES = ("plateau", "cosine", "constant")
+
 
 @dataclass
 class TrainConfig:
@@ -33,12 +35,15 @@ class TrainConfig:
     targets_per_group: Optional[int] = None  # members taking a turn as target (None: all)
     # optimisation
     lr: float = 1e-4
+    lr_schedule: str = "plateau"            # plateau (halve on validation), cosine or constant
+    warmup_steps: int = 0                   # cosine/constant: linear warm-up from lr / warmup
     grad_clip: float = 0.25
     lr_factor: float = 0.5
     lr_patience: int = 10                   # evaluations without improvement before halving
-    min_lr: float = 1e-7
+    min_lr: float = 1e-7                    # plateau floor; cosine decays to it at the last step
     gradient_weight: float = 1.0            # generation tasks: gradient-loss weight
     loss_beta: float = 1.0
+    dice_weight: float = 0.0                # segmentation: + dice_weight * soft Dice loss
     task_weights: Dict[str, float] = field(default_factory=dict)  # overrides of 50 / 1 / 0.5
     bf16: bool = False
     channels_last: bool = True              # channels_last_3d layout (faster convolutions)
@@ -51,9 +56,11 @@ class TrainConfig:
     synthesis: Dict[str, object] = field(default_factory=dict)  # SynthesisConfig overrides
     no_augment: bool = False
     cache_size: int = 64
+    structures: Optional[str] = None        # named structures (default: beside the manifest)
+    structure_prob: float = 0.0             # segmentation: share of named-structure episodes
     # validation, logging, checkpoints
     val_every: int = 500
-    val_episodes: int = 16
+    val_episodes: int = 16                  # split evenly over the tasks (every task, every time)
     val_context_size: int = 3
     ckpt_every: int = 500
     log_every: int = 10
@@ -90,6 +97,10 @@ class TrainConfig:
         lo, hi = self.stage2_context_sizes
         if not 1 <= lo <= hi:
             raise ValueError(f"stage2_context_sizes must be [lo, hi] with 1 <= lo <= hi, got {[lo, hi]}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.structure_prob <= 1.0 or self.warmup_steps < 0 or self.dice_weight < 0:
+            raise ValueError("structure_prob must be in [0, 1]; warmup_steps, dice_weight >= 0")
         divisor = 2 ** (len(self.channels) - 1)
         if any(g % divisor for g in self.grid):
             raise ValueError(f"grid {self.grid} must be divisible by {divisor} for {len(self.channels)} stages")

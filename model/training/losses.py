@@ -4,6 +4,9 @@ The released "modified L1" is a smooth L3/L1 loss; for ``d = |pred - target|`` a
 ``d^3 / (3 beta^2)`` when ``d < beta``, else ``d - 2 beta / 3`` (continuous with a continuous
 first derivative at ``d = beta``). Task weights: segmentation 50, generation 1, 2D-to-3D 0.5;
 generation tasks add ``gradient_weight`` times the L1 distance of forward differences.
+Segmentation may add ``dice_weight`` times a soft Dice loss: the smooth L3/L1 loss is cubic for
+errors below ``beta``, so it barely moves a small structure's boundary voxels; Dice does not
+depend on how small the structure is.
 """
 from __future__ import annotations
 
@@ -34,18 +37,35 @@ def gradient_loss(pred: Tensor, target: Tensor) -> Tensor:
     return total
 
 
+def soft_dice_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """``1 - 2 sum(p t) / (sum(p^2) + sum(t^2))`` over ``[B, 1, D, H, W]``, averaged over B.
+
+    The squared denominator keeps it defined for unbounded network outputs; for a binary
+    target its minimum (0) is reached exactly at ``pred == target``.
+    """
+    dims = tuple(range(1, pred.dim()))
+    overlap = (pred * target).sum(dims)
+    norms = pred.pow(2).sum(dims) + target.pow(2).sum(dims)
+    return (1.0 - 2.0 * overlap / (norms + eps)).mean()
+
+
 def task_weight(task: str) -> float:
     return TASK_WEIGHTS.get(task, GENERATION_WEIGHT)
 
 
 def task_loss(pred: Tensor, target: Tensor, task: str, gradient_weight: float = 1.0,
-              beta: float = 1.0, weights: Optional[Dict[str, float]] = None) -> Tensor:
-    """Weighted training loss of one task: ``w_task * (smooth_l3_l1 + [gen] g * gradient_loss)``."""
+              beta: float = 1.0, weights: Optional[Dict[str, float]] = None,
+              dice_weight: float = 0.0) -> Tensor:
+    """Training loss of one task: ``w_task * (smooth_l3_l1 + [gen] g * gradient_loss)
+    + [seg] dice_weight * soft_dice_loss``."""
     weight = (weights or {}).get(task, task_weight(task))
-    loss = smooth_l3_l1(pred.float(), target.float(), beta)
+    pred, target = pred.float(), target.float()
+    loss = weight * smooth_l3_l1(pred, target, beta)
     if task != SEGMENTATION and gradient_weight:
-        loss = loss + gradient_weight * gradient_loss(pred.float(), target.float())
-    return weight * loss
+        loss = loss + weight * gradient_weight * gradient_loss(pred, target)
+    if task == SEGMENTATION and dice_weight:
+        loss = loss + dice_weight * soft_dice_loss(pred, target)
+    return loss
 
 
 def dice(pred: Tensor, target: Tensor, threshold: float = 0.5, eps: float = 1e-6) -> float:

@@ -148,6 +148,23 @@ def load_manifest(path) -> Manifest:
     return manifest
 
 
+#: ``{dataset or "*": {structure name: [label values]}}``
+Structures = Dict[str, Dict[str, List[int]]]
+
+
+def read_structures(path) -> Structures:
+    """A structures file (JSON ``{dataset or "*": {name: [label values]}}``, as written beside
+    the manifest by ``neuroverse3d-make-training-data``); ValueError naming the file if malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        return {str(d): {str(n): [int(v) for v in values] for n, values in named.items()}
+                for d, named in data.items()}
+    except (ValueError, AttributeError, TypeError) as error:
+        raise ValueError(f"{path}: not a structures file ({{dataset: {{name: [label values]}}}}): "
+                         f"{error}") from None
+
+
 def save_manifest(manifest: Manifest, path) -> Path:
     """Write JSON (or TSV for ``.tsv``) atomically; paths are written as stored."""
     path = Path(path)

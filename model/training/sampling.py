@@ -18,7 +18,7 @@ from torch import Tensor
 from ..fileio import read_volume
 from ..intensity import normalise_intensity
 from .augment import AugmentConfig, augment_group
-from .manifest import DatasetEntry, Manifest
+from .manifest import DatasetEntry, Manifest, Structures
 from .synthesis import SEGMENTATION, TASKS, SynthesisConfig, draw_overlay, make_pair
 
 #: sampling rate of each task (segmentation 2, every generation task 1)
@@ -103,14 +103,31 @@ def choose_classes(label: Tensor, generator: torch.Generator) -> List[int]:
     return sorted(present[i] for i in order.tolist())
 
 
+def choose_structure(label: Tensor, named: Dict[str, List[int]],
+                     generator: torch.Generator) -> List[int]:
+    """The label values of one named structure (uniformly) among those present in ``label``."""
+    present = set(int(c) for c in torch.unique(label))
+    candidates = [sorted(values) for _, values in sorted(named.items())
+                  if present.intersection(values)]
+    return candidates[_choice(generator, len(candidates))] if candidates else []
+
+
 class EpisodeSampler:
-    """Draw training episodes from a manifest; all randomness comes from the given generator."""
+    """Draw training episodes from a manifest; all randomness comes from the given generator.
+
+    Segmentation shows one label value or a random union of values (:func:`choose_classes`);
+    with ``structures`` and ``structure_prob > 0`` it shows, with that probability, one named
+    structure of the dataset instead (e.g. brain, GM, a bilateral hippocampus), so that the
+    structures users ask for are not left to the chance of a random union.
+    """
 
     def __init__(self, manifest: Manifest, grid: Sequence[int],
                  synthesis: Optional[SynthesisConfig] = None,
                  augment: Optional[AugmentConfig] = None,
                  rates: Optional[Dict[str, float]] = None,
-                 tasks: Optional[Sequence[str]] = None, cache_size: int = 64):
+                 tasks: Optional[Sequence[str]] = None, cache_size: int = 64,
+                 structures: Optional[Structures] = None, structure_prob: float = 0.0):
+        self.structures, self.structure_prob = structures or {}, float(structure_prob)
         self.load = VolumeLoader(manifest, grid, cache_size)
         self.synthesis = synthesis or SynthesisConfig()
         self.augment = augment if augment is not None else AugmentConfig()
@@ -131,6 +148,15 @@ class EpisodeSampler:
     def sample_task(self, generator: torch.Generator) -> str:
         return self.tasks[int(torch.multinomial(self.rates, 1, generator=generator))]
 
+    def choose_segmentation(self, dataset: str, label: Tensor, generator: torch.Generator) -> List[int]:
+        """The foreground label values of a segmentation episode (see the class doc)."""
+        named = self.structures.get(dataset, self.structures.get("*", {}))
+        if named and self.structure_prob > 0 and torch.rand((), generator=generator) < self.structure_prob:
+            classes = choose_structure(label, named, generator)
+            if classes:
+                return classes
+        return choose_classes(label, generator)
+
     def sample(self, generator: torch.Generator, context_size: int,
                task: Optional[str] = None) -> Episode:
         """One episode of ``context_size + 1`` distinct subjects (fewer if the dataset is smaller)."""
@@ -148,7 +174,8 @@ class EpisodeSampler:
             modality = names[_choice(generator, len(names))]
         classes: List[int] = []
         if task == SEGMENTATION:
-            classes = choose_classes(self.load(subjects[0].label, "label"), generator)
+            classes = self.choose_segmentation(dataset.name, self.load(subjects[0].label, "label"),
+                                               generator)
         overlay = draw_overlay(task, generator, self.synthesis.overlay_prob)
         inputs, outputs = [], []
         for subject in subjects:

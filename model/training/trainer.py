@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -32,7 +33,7 @@ from .augment import AugmentConfig
 from .config import TrainConfig
 from .distributed import DistContext, all_reduce_sum_, barrier, is_ddp, wrap_for_training
 from .losses import dice, psnr, task_loss
-from .manifest import load_manifest
+from .manifest import load_manifest, read_structures
 from .sampling import EpisodeSampler, rotations
 from .synthesis import SEGMENTATION, SynthesisConfig
 
@@ -62,6 +63,31 @@ def _dataclass_with(cls, overrides: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """The learning-rate schedule of ``cfg.lr_schedule``.
+
+    ``plateau`` halves the rate when validation stops improving (stepped by validation);
+    ``cosine`` and ``constant`` are functions of the step alone (stepped every step), so a
+    resumed run follows the same rates: linear warm-up over ``warmup_steps``, then constant or
+    a half cosine from ``lr`` down to ``min_lr`` at the last step.
+    """
+    if cfg.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    floor = min(cfg.min_lr / cfg.lr, 1.0) if cfg.lr > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        span = max(cfg.steps - cfg.warmup_steps - 1, 1)
+        progress = min((step - cfg.warmup_steps) / span, 1.0)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class Trainer:
     """Train (or fine-tune) a Neuroverse3D network from a manifest; see the module doc."""
 
@@ -83,18 +109,18 @@ class Trainer:
         # what the training step calls: DistributedDataParallel when several processes run
         self.engine = wrap_for_training(self.model, self.ctx)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
-            min_lr=config.min_lr)
+        self.scheduler = make_scheduler(self.optimizer, config)
         synthesis = _dataclass_with(SynthesisConfig, config.synthesis)
         augment = AugmentConfig.disabled() if config.no_augment else _dataclass_with(AugmentConfig, config.augment)
         manifest = load_manifest(config.manifest)
+        structures = self._structures()
         self.sampler = EpisodeSampler(manifest, config.grid, synthesis, augment, config.rates,
-                                      config.tasks, config.cache_size)
+                                      config.tasks, config.cache_size, structures,
+                                      config.structure_prob)
         val_manifest = load_manifest(config.val_manifest) if config.val_manifest else manifest
         self.val_sampler = EpisodeSampler(val_manifest, config.grid, synthesis,
                                           AugmentConfig.disabled(), config.rates, config.tasks,
-                                          config.cache_size)
+                                          config.cache_size, structures, config.structure_prob)
         self.step = 0
         self.best = float("inf")
         self._val_episodes = None
@@ -109,6 +135,17 @@ class Trainer:
             cfg.convs_per_block = model.config.convs_per_block
             return model.train()
         return Neuroverse3D(cfg.channels, cfg.convs_per_block).train()
+
+    def _structures(self):
+        """Named structures for ``structure_prob`` (given file, or structures.json beside the manifest)."""
+        cfg = self.cfg
+        if cfg.structures is None and not cfg.structure_prob:
+            return None
+        path = Path(cfg.structures or Path(cfg.manifest).parent / "structures.json")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: structures file not found (structure_prob > 0 needs "
+                                    f"one; neuroverse3d-make-training-data writes it beside the manifest)")
+        return read_structures(path)
 
     def plan(self, step: int):
         """(stage, context size L, mini-context size m) of ``step``; same on every rank."""
@@ -206,26 +243,38 @@ class Trainer:
                     pred = self.engine(batch["target_in"], batch["context_in"],
                                        batch["context_out"], mini, generator)
                 loss = task_loss(pred, batch["target_out"], episode.task, cfg.gradient_weight,
-                                 cfg.loss_beta, cfg.task_weights) / cfg.batch_size
+                                 cfg.loss_beta, cfg.task_weights, cfg.dice_weight) / cfg.batch_size
                 # DDP averages over ranks; the sum over ranks is the global-batch mean
                 (loss * self.ctx.world_size if self.ctx.enabled else loss).backward()
             local_loss += loss.detach().double().cpu()
             tasks.append(episode.task)
         all_reduce_sum_(local_loss, self.ctx)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        if cfg.lr_schedule != "plateau":
+            self.scheduler.step()
         self.step += 1
         return {"step": self.step, "stage": stage, "context_size": size, "mini_context_size": mini,
                 "tasks": "+".join(tasks), "loss": float(local_loss), "grad_norm": float(norm),
-                "lr": self.optimizer.param_groups[0]["lr"]}
+                "lr": lr}
 
     # ------------------------------------------------------------------------ validation
+    @property
+    def val_episode_count(self) -> int:
+        """``val_episodes`` rounded up to a multiple of the number of tasks (at least one each)."""
+        per_task = -(-max(self.cfg.val_episodes, 1) // len(self.val_sampler.tasks))
+        return per_task * len(self.val_sampler.tasks)
+
     def validation_episodes(self):
+        """Fixed episodes, stratified by task: episode i shows task ``i mod (number of tasks)``,
+        so every validation measures every task equally often."""
         if self._val_episodes is None:
-            cfg = self.cfg
+            cfg, tasks = self.cfg, self.val_sampler.tasks
             self._val_episodes = [
-                self.val_sampler.sample(generator_for(cfg.seed + VAL_SEED_OFFSET, i), cfg.val_context_size)
-                for i in range(self.ctx.rank, cfg.val_episodes, self.ctx.world_size)]
+                self.val_sampler.sample(generator_for(cfg.seed + VAL_SEED_OFFSET, i),
+                                        cfg.val_context_size, tasks[i % len(tasks)])
+                for i in range(self.ctx.rank, self.val_episode_count, self.ctx.world_size)]
         return self._val_episodes
 
     @torch.no_grad()
@@ -240,7 +289,7 @@ class Trainer:
                                   mini_context_size=min(self.cfg.mini_context_size, batch["context_in"].shape[1]))
             pred = pred.float()
             sums[0] += float(task_loss(pred, batch["target_out"], episode.task, self.cfg.gradient_weight,
-                                       self.cfg.loss_beta, self.cfg.task_weights))
+                                       self.cfg.loss_beta, self.cfg.task_weights, self.cfg.dice_weight))
             if episode.task == SEGMENTATION:
                 sums[1] += dice(pred, batch["target_out"])
                 sums[2] += 1
@@ -250,7 +299,7 @@ class Trainer:
         all_reduce_sum_(sums, self.ctx)
         self.model.train()
         nan = float("nan")
-        return {"val_loss": float(sums[0]) / max(self.cfg.val_episodes, 1),
+        return {"val_loss": float(sums[0]) / self.val_episode_count,
                 "val_dice": float(sums[1] / sums[2]) if sums[2] else nan,
                 "val_psnr": float(sums[3] / sums[4]) if sums[4] else nan}
 
@@ -307,7 +356,8 @@ class Trainer:
                 row = self.train_step()
                 if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
                     metrics = self.validate()
-                    self.scheduler.step(metrics["val_loss"])
+                    if cfg.lr_schedule == "plateau":
+                        self.scheduler.step(metrics["val_loss"])
                     row.update(metrics)
                     if metrics["val_loss"] < self.best:
                         self.best = metrics["val_loss"]

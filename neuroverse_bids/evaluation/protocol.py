@@ -4,7 +4,6 @@ the degraded input for PSNR).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -14,7 +13,7 @@ import torch
 from ..anatomy.synth import subject_seed
 from ..model.ensemble import EnsembleResult, RunningMoments, structure_uncertainty
 from ..model.selection import check_request, context_sets, random_ordering, rank_pool
-from ..model.training import SEGMENTATION, VolumeLoader, dice, make_pair, psnr
+from ..model.training import SEGMENTATION, VolumeLoader, dice, make_pair, psnr, read_structures
 from ..workflows.errors import BadInputError, MissingInputError
 from .calibration import Reliability
 from .report import COLUMNS
@@ -60,11 +59,9 @@ def load_structures(path: Optional[Path], manifest_path: Path) -> Dict[str, Dict
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
-        return {d: {n: [int(v) for v in vs] for n, vs in s.items()} for d, s in data.items()}
-    except (ValueError, AttributeError, TypeError) as error:
-        raise BadInputError(f"{path}: not a structures file ({{dataset: {{name: [values]}}}}): "
-                            f"{error}") from None
+        return read_structures(path)
+    except ValueError as error:
+        raise BadInputError(str(error)) from None
 
 
 def _row(dataset, task, structure, metric, size, subject, draw, method, value, context):
