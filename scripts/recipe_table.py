@@ -3,9 +3,9 @@
     python scripts/recipe_table.py --context-size 8 \\
         NAME=RUN_DIR:EVAL_DIR [NAME=RUN_DIR:EVAL_DIR ...] > evaluation/recipe_ablations/table.md
 
-For each recipe: optimizer steps and training minutes (``RUN_DIR/log.csv``: the ``seconds``
-column holds one step in ``log_every``, so minutes come from the run folder's file times:
-``config.json`` written at the start, ``model.safetensors`` at the end), then per dataset of
+For each recipe: optimizer steps and training minutes from ``RUN_DIR/log.csv`` (it logs one
+step in ``log_every`` with its ``seconds``: minutes = mean logged step time x steps, plus the
+validations, whose rows add their time), then per dataset of
 ``EVAL_DIR/eval.json`` the model's mean Dice per structure at the context size asked for (with
 the majority vote of the context labels in brackets), the mean over the subcortical structures
 other than the putamen, and the PSNR gain in dB over the degraded input per generation task.
@@ -26,8 +26,11 @@ def run_facts(run: Path) -> dict:
     """Steps and wall-clock minutes of a training run folder."""
     with open(run / "log.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    minutes = ((run / "model.safetensors").stat().st_mtime - (run / "config.json").stat().st_mtime) / 60
-    return {"steps": int(rows[-1]["step"]) if rows else 0, "minutes": minutes}
+    steps = int(rows[-1]["step"]) if rows else 0
+    plain = [float(r["seconds"]) for r in rows if not r["val_loss"]]
+    step_seconds = sum(plain) / len(plain) if plain else 0.0
+    validation = sum(float(r["seconds"]) - step_seconds for r in rows if r["val_loss"])
+    return {"steps": steps, "minutes": (step_seconds * steps + validation) / 60}
 
 
 def eval_facts(eval_dir: Path, context_size: int) -> dict:
