@@ -176,3 +176,12 @@ def test_named_structure_episodes_and_dice_loss_train(toy8, tmp_path):
     assert trainer.step == 2
     with pytest.raises(FileNotFoundError, match="structures file not found"):
         Trainer(_config(toy8, tmp_path / "x", structure_prob=0.5))
+
+
+def test_every_shipped_training_config_is_valid():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.json"))
+    assert len(files) >= 9  # train_released, train_small, finetune, default_model, 5 ablations
+    for path in files:
+        TrainConfig.from_file(path).check()
