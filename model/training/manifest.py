@@ -150,6 +150,17 @@ def load_manifest(path) -> Manifest:
 
 #: ``{dataset or "*": {structure name: [label values]}}``
 Structures = Dict[str, Dict[str, List[int]]]
+STRUCTURES_FILE = "structures.json"
+
+
+def structures_file(manifest_path, given=None) -> Path:
+    """The structures file: ``given``, else :data:`STRUCTURES_FILE` beside the manifest."""
+    return Path(given or Path(manifest_path).parent / STRUCTURES_FILE)
+
+
+def named_structures(structures: Structures, dataset: str) -> Dict[str, List[int]]:
+    """The structures of ``dataset``: its own entry, else the ``"*"`` entry, else none."""
+    return structures.get(dataset, structures.get("*", {}))
 
 
 def read_structures(path) -> Structures:

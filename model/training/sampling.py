@@ -18,7 +18,7 @@ from torch import Tensor
 from ..fileio import read_volume
 from ..intensity import normalise_intensity
 from .augment import AugmentConfig, augment_group
-from .manifest import DatasetEntry, Manifest, Structures
+from .manifest import DatasetEntry, Manifest, Structures, named_structures
 from .synthesis import SEGMENTATION, TASKS, SynthesisConfig, draw_overlay, make_pair
 
 #: sampling rate of each task (segmentation 2, every generation task 1)
@@ -150,7 +150,7 @@ class EpisodeSampler:
 
     def choose_segmentation(self, dataset: str, label: Tensor, generator: torch.Generator) -> List[int]:
         """The foreground label values of a segmentation episode (see the class doc)."""
-        named = self.structures.get(dataset, self.structures.get("*", {}))
+        named = named_structures(self.structures, dataset)
         if named and self.structure_prob > 0 and torch.rand((), generator=generator) < self.structure_prob:
             classes = choose_structure(label, named, generator)
             if classes:

@@ -33,7 +33,7 @@ from .augment import AugmentConfig
 from .config import TrainConfig
 from .distributed import DistContext, all_reduce_sum_, barrier, is_ddp, wrap_for_training
 from .losses import dice, psnr, task_loss
-from .manifest import load_manifest, read_structures
+from .manifest import load_manifest, read_structures, structures_file
 from .sampling import EpisodeSampler, rotations
 from .synthesis import SEGMENTATION, SynthesisConfig
 
@@ -141,7 +141,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.structures is None and not cfg.structure_prob:
             return None
-        path = Path(cfg.structures or Path(cfg.manifest).parent / "structures.json")
+        path = structures_file(cfg.manifest, cfg.structures)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: structures file not found (structure_prob > 0 needs "
                                     f"one; neuroverse3d-make-training-data writes it beside the manifest)")

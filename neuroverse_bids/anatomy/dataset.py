@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..model.checkpoint import file_sha256
-from ..model.training.manifest import DatasetEntry, Manifest, Subject, save_manifest
+from ..model.training.manifest import STRUCTURES_FILE, DatasetEntry, Manifest, Subject, save_manifest
 from ..workflows.errors import UsageError
 from ..workflows.niftiio import write_nifti_atomic, write_text_atomic
 from ..workflows.templates import DEMO_TEMPLATE
@@ -95,7 +95,7 @@ def write_dataset(out, atlases: Dict[str, Atlas], subjects: int, seed: int,
                     for a in atlases.values()},
         "subject_seeds": seeds}
     write_text_atomic(out / "generation.json", json.dumps(generation, indent=1) + "\n")
-    write_text_atomic(out / "structures.json", json.dumps(structures, indent=1) + "\n")
+    write_text_atomic(out / STRUCTURES_FILE, json.dumps(structures, indent=1) + "\n")
     write_text_atomic(out / "dseg.tsv", "index\tname\n" + "".join(
         f"{v}\t{n}\n" for v, n in sorted(LABEL_NAMES.items())))
     return save_manifest(Manifest(entries, out), out / "manifest.json")

@@ -14,6 +14,7 @@ from ..anatomy.synth import subject_seed
 from ..model.ensemble import EnsembleResult, RunningMoments, structure_uncertainty
 from ..model.selection import check_request, context_sets, random_ordering, rank_pool
 from ..model.training import SEGMENTATION, VolumeLoader, dice, make_pair, psnr, read_structures
+from ..model.training.manifest import named_structures, structures_file
 from ..workflows.errors import BadInputError, MissingInputError
 from .calibration import Reliability
 from .report import COLUMNS
@@ -55,7 +56,7 @@ def load_structures(path: Optional[Path], manifest_path: Path) -> Dict[str, Dict
     """``structures.json`` (given, or beside the manifest) -> {dataset or "*": {name: values}}."""
     if path is not None and not Path(path).is_file():
         raise MissingInputError(f"{path}: structures file not found")
-    path = Path(path or Path(manifest_path).parent / "structures.json")
+    path = structures_file(manifest_path, path)
     if not path.is_file():
         return {}
     try:
@@ -102,7 +103,7 @@ class Evaluator:
 
     def structures_of(self, dataset) -> Dict[str, List[int]]:
         """The named structures of ``dataset``; default one structure per label value."""
-        named = self.structures.get(dataset.name, self.structures.get("*"))
+        named = named_structures(self.structures, dataset.name)
         if named:
             return named
         values = torch.unique(self.load(dataset.subjects[0].label, "label")).tolist()
