@@ -25,7 +25,7 @@ ASEG = {0: "Unknown", 2: "Left-Cerebral-White-Matter", 3: "Left-Cerebral-Cortex"
 WM_UNION = ["Left-Cerebral-White-Matter", "Right-Cerebral-White-Matter"]
 MNI = "space-MNI152NLin2009cAsym_res-2"
 #: Dice of the bundled model's WM (union of both hemispheres) vs the demo truth, native space,
-#: 2 contexts, sloppy registration; measured 0.82 (cortex 0.83; chance: < 0.5)
+#: 2 contexts, sloppy registration; measured 0.786 (chance: < 0.5)
 MIN_WM_DICE = 0.75
 
 
@@ -264,6 +264,7 @@ def test_fmriprep_derivatives_segment_a_union_of_aseg_structures(fmriprep_run, d
     truth = np.asanyarray(nb.load(str(demo_dataset / "derivatives/labels/sub-01/anat/"
                                       "sub-01_dseg.nii.gz")).dataobj) == 2
     dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    print("WM Dice:", round(float(dice), 3))
     assert dice > MIN_WM_DICE, dice
     entries = [p for p in (fmriprep_run / "cache" / "context-sets").iterdir() if p.is_dir()]
     assert len(entries) == 1

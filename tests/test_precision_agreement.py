@@ -2,7 +2,7 @@
 
 Masks: Dice >= 0.99; generated images: PSNR >= 45 dB (bfloat16 output vs float32 output).
 Brain masks and generated images meet it; masks of structures with uncertain voxels (tissue
-boundaries, small structures) do not always (strict xfail).
+boundaries, small structures) meet it on this sample but not always (see the test's docstring).
 Runs ``benchmarks/precision_agreement.py``'s measurement on a small sample; the script itself
 reports more subjects and tasks.
 """
@@ -38,13 +38,12 @@ def test_bfloat16_brain_masks_match_float32_masks(rows):
     assert len(brain) == 2 and min(r["value"] for r in brain) >= 0.99, brain
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known: bfloat16 outputs differ from float32 by up to ~0.02, so voxels whose float32 "
-    "probability is that close to 0.5 flip; masks with a long uncertain boundary (CSF) or "
-    "few voxels (subcortical) differ by more than 1%. Here (L=4) CSF 0.985, hippocampus 0.984, "
-    "pallidum 0.976, amygdala 0.96 (one voxel of 13); held-out L=8 figures in "
-    "benchmarks/results/precision_agreement_default_model.md (GM 0.986-0.997)"))
 def test_bfloat16_masks_of_every_structure_match_float32_masks(rows):
+    """On this sample (L=4, one target per source) every mask keeps Dice >= 0.99; not a
+    guarantee: bfloat16 outputs differ from float32 by up to ~0.02, so voxels that close to
+    0.5 flip, and on the held-out L=8 benchmark one small mask (the Colin27 amygdala) drops to
+    0.968 (benchmarks/results/precision_agreement_default_model.md), which is why the model
+    file's record keeps ``--precision auto`` in float32."""
     dice = [r for r in rows if r["metric"] == "dice"]
     assert {"GM", "WM", "CSF", "Hippocampus", "Putamen"} <= {r["structure"] for r in dice}
     worst = min(dice, key=lambda r: r["value"])

@@ -228,8 +228,7 @@ def test_unknown_structure_names_the_table(volumes, grid_ckpt, capsys):
 
 def test_bundled_model_registers_demo_volumes(demo_dataset, templateflow_home, tmp_path, monkeypatch):
     """The default model (no --model) with --register on raw-sized demo T1w images (75x105x82,
-    2.5 mm): the brain of sub-01 from two context subjects. Measured Dice 0.988 (without
-    --register, each field of view centred in the model grid: 0.958)."""
+    2.5 mm): the brain of sub-01 from two context subjects. Measured Dice 0.983."""
     monkeypatch.setenv("TEMPLATEFLOW_HOME", str(templateflow_home))
     bids, labels = demo_dataset / "bids", demo_dataset / "derivatives" / "labels"
     out = tmp_path / "brain.nii.gz"
@@ -243,4 +242,6 @@ def test_bundled_model_registers_demo_volumes(demo_dataset, templateflow_home, t
     predicted = nb.load(str(out))
     assert predicted.shape == truth.shape and np.allclose(predicted.affine, truth.affine)
     a, b = np.asarray(predicted.dataobj) > 0, np.asarray(truth.dataobj) > 0
-    assert 2 * np.sum(a & b) / (a.sum() + b.sum()) > 0.9
+    dice = 2 * np.sum(a & b) / (a.sum() + b.sum())
+    print("brain Dice:", round(float(dice), 3))
+    assert dice > 0.9
