@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,8 +180,6 @@ def test_named_structure_episodes_and_dice_loss_train(toy8, tmp_path):
 
 
 def test_every_shipped_training_config_is_valid():
-    from pathlib import Path
-
     files = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.json"))
     assert len(files) >= 9  # train_released, train_small, finetune, default_model, 5 ablations
     for path in files:
