@@ -20,12 +20,16 @@ def machine() -> dict:
         names = [line.split(":", 1)[1].strip() for line in text.splitlines()
                  if line.startswith("model name")]
         info["cpu"] = names[0] if names else platform.processor()
-        info["cpu_bf16"] = sorted({f for f in ("amx_bf16", "avx512_bf16") if f in text})
         mem = [line for line in Path("/proc/meminfo").read_text().splitlines()
                if line.startswith("MemTotal")]
         info["ram_gb"] = round(int(mem[0].split()[1]) / 2 ** 20, 1)
     except (OSError, IndexError):
         pass
+    from neuroverse_bids.model.capability import bfloat16_support
+
+    support = bfloat16_support("cpu")  # the app's own probe: what ``auto`` precision sees
+    info.update(cpu_features=list(support.features), cpu_bf16=support.level,
+                cpu_bf16_reason=support.reason)
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -15,8 +15,13 @@ own:
   ``cold``: an empty cache folder (the bfloat16 self-check runs), ``warm``: the cache filled
   by the cold run.
 
+* ``matmul`` - this machine's ceiling: a dense square matmul in the engine's precision,
+  TFLOP/s; the forward's own rate (its FLOPs counted by torch's ``FlopCounterMode`` on the
+  meta device, divided by the engine's time) is reported as a fraction of it.
+
 Targets (issue 13): engine >= 5x faster than reference with peak RSS <= half; the whole
-process >= 4x faster than reference. Results: ``<out>/inference_<tag>.json`` and ``.md``.
+process >= 4x faster than reference. The CPU's named features and its bfloat16 level (the
+app's probe) head the report. Results: ``<out>/inference_<tag>.json`` and ``.md``.
 
     python benchmarks/inference.py --size 64                 # quick
     python benchmarks/inference.py                           # 128^3, L=8: several minutes
@@ -39,7 +44,8 @@ import torch
 
 from _report import RESULTS, machine, write_report  # beside this script
 
-CASES = ("reference", "engine", "process-cold", "process-warm")
+CASES = ("reference", "engine", "process-cold", "process-warm", "matmul")
+MATMUL_SIDE = 4096
 
 
 def _volume(size: int, seed: int, label: bool = False) -> torch.Tensor:
@@ -80,6 +86,40 @@ def _peak_rss_gb() -> float:
 
     peak = peak_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return round(peak / 2 ** 30, 3)
+
+
+def forward_flops(size: int, pairs: int) -> float:
+    """FLOPs of one released-architecture forward at ``size``^3 with ``pairs`` contexts,
+    counted on the meta device (no compute; 9.71e12 at 128^3, L = 8)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from neuroverse_bids.model import Neuroverse3D
+
+    with torch.device("meta"):
+        model = Neuroverse3D().eval()
+        target = torch.zeros((1, 1) + (size,) * 3)
+        contexts = torch.zeros((1, pairs, 1) + (size,) * 3)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(target, contexts, contexts, mini_context_size=1)
+    return float(counter.get_total_flops())
+
+
+def run_matmul(case: dict) -> dict:
+    """Dense ``MATMUL_SIDE``^2 matmul in the engine's precision for about 3 s: TFLOP/s."""
+    from neuroverse_bids.model.engine.precision import resolve_precision
+
+    dtype = resolve_precision(case["precision"], torch.device("cpu"))
+    a = torch.randn(MATMUL_SIDE, MATMUL_SIDE).to(dtype)
+    b = torch.randn(MATMUL_SIDE, MATMUL_SIDE).to(dtype)
+    torch.mm(a, b)  # warm-up
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 3.0:
+        torch.mm(a, b)
+        runs += 1
+    seconds = time.perf_counter() - start
+    tflops = 2 * MATMUL_SIDE ** 3 * runs / seconds / 1e12
+    return {"seconds": seconds, "tflops": round(tflops, 3), "peak_rss_gb": _peak_rss_gb(),
+            "precision": str(dtype).replace("torch.", "")}
 
 
 def run_in_process(case: dict) -> dict:
@@ -162,11 +202,17 @@ def _write_files(folder: Path, size: int, pairs: int) -> dict:
 # --------------------------------------------------------------------------- the driver
 def _compare(cases: list) -> None:
     reference = next((c for c in cases if c["name"] == "reference" and "seconds" in c), None)
+    engine = next((c for c in cases if c["name"] == "engine" and "seconds" in c), None)
+    matmul = next((c for c in cases if c["name"] == "matmul" and "tflops" in c), None)
+    if engine is not None:
+        engine["tflops"] = round(engine["flops"] / engine["seconds"] / 1e12, 3)
+        if matmul is not None and matmul["precision"] == engine["precision"]:
+            engine["of_matmul"] = round(engine["tflops"] / matmul["tflops"], 2)
     if reference is None:
         return
     ref = np.load(reference["output"])
     for case in cases:
-        if "seconds" not in case or case is reference:
+        if "seconds" not in case or case is reference or case["name"] == "matmul":
             continue
         case["speedup"] = round(reference["seconds"] / case["seconds"], 2)
         case["rss_ratio"] = round(case["peak_rss_gb"] / reference["peak_rss_gb"], 3)
@@ -186,6 +232,9 @@ def table(cases: list) -> str:
         notes = ", ".join(f"{k} {v}" for k, v in (c.get("timings") or {}).items())
         if "setup_s" in c:
             notes = f"setup_s {c['setup_s']}; {notes}"
+        if "tflops" in c:
+            notes = "; ".join(filter(None, [f"{c['tflops']} TFLOP/s" + (
+                f" ({c['of_matmul']} of matmul)" if "of_matmul" in c else ""), notes]))
         diff = f"{c['max_abs_diff']:.2e} | {c['rel_l2']:.2e}" if "rel_l2" in c else " | "
         lines.append(f"| {c['name']} | {c['precision']} | {c.get('mini_context', '')} | "
                      f"{c['seconds']:.2f} | {c.get('speedup', '')} | {c['peak_rss_gb']} | "
@@ -203,6 +252,11 @@ def verdict(cases: list) -> str:
                       f"({'met' if engine['speedup'] >= 5 else 'MISSED'})")
         checks.append(f"engine peak RSS <= half of reference: {engine['rss_ratio']} "
                       f"({'met' if engine['rss_ratio'] <= 0.5 else 'MISSED'})")
+    engine = next((c for c in cases if c["name"] == "engine" and "tflops" in c), None)
+    if engine is not None:
+        checks.append(f"engine forward: {engine['flops'] / 1e12:.2f} TFLOP in {engine['seconds']:.1f}"
+                      f" s = {engine['tflops']} TFLOP/s, {engine.get('of_matmul', '?')} of a "
+                      f"dense {engine['precision']} matmul's rate on this machine")
     for name in ("process-cold", "process-warm"):
         if name in by_name:
             checks.append(f"{name} >= 4x faster than reference: {by_name[name]['speedup']}x "
@@ -223,7 +277,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.case:
         case = json.loads(args.case)
-        run = run_process if case["name"].startswith("process") else run_in_process
+        run = (run_process if case["name"].startswith("process") else
+               run_matmul if case["name"] == "matmul" else run_in_process)
         print(json.dumps(run(case)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,6 +291,13 @@ def main(argv=None):
                         precision="float32" if name == "reference" else args.precision,
                         mini_context=args.mini_context, files=files,
                         output=str(Path(tmp) / f"{name}.{'nii' if 'process' in name else 'npy'}"))
+            if name == "engine":
+                case["flops"] = forward_flops(args.size, args.contexts)
+            if name == "matmul":  # in the precision the engine ran
+                case["mini_context"] = ""
+                case["precision"] = next((c["precision"] for c in cases
+                                          if c["name"] == "engine" and "precision" in c),
+                                         args.precision)
             case["load_before"] = [round(x, 2) for x in os.getloadavg()]
             # the app sets THP_MEM_ALLOC_ENABLE=1 (neuroverse_bids/__init__.py); the released
             # code ran with torch's default
@@ -257,7 +319,10 @@ def main(argv=None):
     loads = [c["load_before"][0] for c in cases]
     text = (f"# Inference benchmark `{tag}`\n\nReleased architecture (random weights), "
             f"{args.size}^3, L = {args.contexts}; every case in a fresh process.\n\n"
-            f"Machine: {json.dumps(report['machine'])}\n\nCommand: `{command}`\n\n"
+            f"Machine: {json.dumps(report['machine'])}\n\nCPU features: "
+            f"{', '.join(report['machine'].get('cpu_features', [])) or '?'}; bfloat16: "
+            f"{report['machine'].get('cpu_bf16', '?')} ({report['machine'].get('cpu_bf16_reason', '')})"
+            f"\n\nCommand: `{command}`\n\n"
             f"1-minute load average before each case: {min(loads)}-{max(loads)} (the machine has "
             f"{os.cpu_count()} cores and may be shared)\n\n{table(cases)}\n\n{verdict(cases)}\n")
     write_report(args.out, f"inference_{tag}", report, text)

@@ -31,6 +31,7 @@ from .apsp import chunk_bounds, mean_, sum_context_features
 from .contexts import ContextPairs
 from .engine import Engine, memory
 from .engine import precision as precision_policy
+from .capability import bfloat16_support
 from .engine.precision import (AGREEMENT_TARGETS, AUTO_TOLERANCE, PRECISIONS,  # noqa: F401
                                native_bfloat16, recorded_shortfall, resolve_device,
                                resolve_precision)
@@ -54,7 +55,9 @@ class Predictor:
 
     device: ``auto|cpu|cuda[:N]``; precision: ``auto|float32|bfloat16|float16`` (``auto``:
     bfloat16 where the hardware runs it natively and the model's bfloat16 output agrees with
-    float32, see :mod:`.engine.precision`; else float32, ``precision_reason`` says why);
+    float32, see :mod:`.engine.precision`; else float32; an explicit ``bfloat16`` where it
+    cannot run raises :class:`~.engine.precision.PrecisionUnavailableError`);
+    ``precision_reason`` says in one sentence why the chosen precision runs (provenance);
     mini_context_size: (structure, context) pairs per chunk, ``None`` = all at once,
     ``'auto'`` = the largest that fits ``memory_gb`` (default: a safe fraction of free RAM
     or GPU memory; on the CPU at most ``CPU_AUTO_MAX``). ``model`` is cast in place to the
@@ -70,8 +73,8 @@ class Predictor:
         self.metadata = getattr(model, "metadata", {})
         #: ``auto`` with a reduced precision: its measured error vs float32 (None otherwise)
         self.reduced_precision_error = None
-        #: why ``auto`` fell back to float32 from a native reduced precision (None otherwise)
-        self.precision_reason = None
+        #: why this precision runs: requested, or what ``auto`` found (one sentence)
+        self.precision_reason = self._reason(precision)
         if precision == "auto" and self.dtype != torch.float32:
             self._auto_fallback(model)
         if mini_context_size not in (None, "auto") and int(mini_context_size) < 1:
@@ -90,6 +93,15 @@ class Predictor:
     def precision(self) -> str:
         return str(self.dtype).replace("torch.", "")
 
+    def _reason(self, precision: str) -> str:
+        """Before ``auto``'s agreement check: what was asked and what the device offers."""
+        if precision != "auto":
+            if self.dtype != torch.bfloat16:
+                return "requested"
+            return f"requested; {bfloat16_support(self.device).describe()}"
+        support = bfloat16_support(self.device).describe()
+        return f"auto: {support}" if self.dtype == torch.bfloat16 else f"auto: float32, as {support}"
+
     def _auto_fallback(self, model: Neuroverse3D):
         """``auto``: keep the native reduced precision only where the checkpoint's recorded
         agreement (if any) meets :data:`AGREEMENT_TARGETS` and the measured relative L2 error
@@ -102,11 +114,13 @@ class Predictor:
             self.reduced_precision_error = precision_policy.reduced_precision_error(
                 model, self.dtype, self.device)
             if self.reduced_precision_error <= AUTO_TOLERANCE:
+                self.precision_reason += (f"; agrees with float32 on this model (relative L2 "
+                                          f"{self.reduced_precision_error:.2g})")
                 return
             reason = (f"{self.precision} differs from float32 by "
                       f"{self.reduced_precision_error:.2g} (relative L2) on this model")
         LOGGER.info("precision auto: float32, as %s", reason)
-        self.precision_reason = reason
+        self.precision_reason = f"auto: float32, as {reason}"
         self.dtype = torch.float32
 
     # ------------------------------------------------------------------ the inference loop

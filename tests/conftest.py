@@ -23,6 +23,18 @@ def _model_cache_in_tmp(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def needs_bf16():
+    """Skip where this CPU cannot run bfloat16 convolutions (AVX2 only, or
+    ``NEUROVERSE3D_BF16=off``), naming what it lacks."""
+    from neuroverse_bids.model.capability import bfloat16_support
+
+    support = bfloat16_support("cpu")
+    if not support.runs:
+        pytest.skip(f"bfloat16 unsupported on this CPU: {support.reason}")
+    return support
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
 

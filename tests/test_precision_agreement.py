@@ -25,7 +25,7 @@ def _script():
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
+def rows(tmp_path_factory, needs_bf16):
     # seed 2000: subjects never used in training (seed 0) nor in the model's evaluation (1000)
     manifest = make_training_data(tmp_path_factory.mktemp("heldout"), subjects=5, seed=2000,
                                   kinds=("t1",))

@@ -93,7 +93,7 @@ def test_bad_context_volumes_are_named():
 
 
 @pytest.mark.parametrize("channels,grid", [((4, 8, 8), 16), (None, 16)])
-def test_bfloat16_agrees_with_float32(channels, grid):
+def test_bfloat16_agrees_with_float32(channels, grid, needs_bf16):
     """Relative L2 error of the output <= 1e-2 (tiny fixture model and released config)."""
     target, images, labels = _volumes((grid,) * 3, pairs=2, seed=2)
     outputs = {}
@@ -114,7 +114,7 @@ def test_bfloat16_agrees_with_float32(channels, grid):
     "biases 0.0044, inputs 0.0017); float32 target decoder 0.0111, float32 output block 0.0119, "
     "float32 context U-Net 0.0108: no cheap float32 island reaches 1e-2"))
 def test_bfloat16_agrees_with_float32_on_the_official_small_model(official_small_ckpt,
-                                                                 official_io):
+                                                                 official_io, needs_bf16):
     args = (official_io["target_in"][0, 0], official_io["context_in"][0, :, 0],
             official_io["context_out"][0, :, 0])
     outputs = {}
@@ -150,8 +150,9 @@ def test_precision_and_device_choices():
         resolve_precision("float16", cpu)
     with pytest.raises(ValueError, match="precision must be"):
         resolve_precision("int8", cpu)
-    flags = open("/proc/cpuinfo").read()
-    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    from neuroverse_bids.model.capability import bfloat16_support
+
+    native = bfloat16_support(cpu).faster
     assert resolve_precision("auto", cpu) == (torch.bfloat16 if native else torch.float32)
     with pytest.raises(ValueError, match="mini_context_size"):
         Predictor(_tiny(), device="cpu", mini_context_size=0)
@@ -197,8 +198,12 @@ def test_an_m_that_cannot_fit_fails_before_any_work(monkeypatch):
 
 
 def test_traced_estimate_bounds_the_tensor_memory_of_a_real_run():
+    from neuroverse_bids.model.capability import bfloat16_support
+
     target, images, labels = _volumes((32, 32, 32), pairs=3, structures=2)
-    predictor = Predictor(_tiny(), device="cpu", precision="bfloat16", mini_context_size=2)
+    # bfloat16 (the smaller activations) where this CPU runs it, else float32
+    precision = "bfloat16" if bfloat16_support("cpu").runs else "float32"
+    predictor = Predictor(_tiny(), device="cpu", precision=precision, mini_context_size=2)
     estimate = predictor.peak_bytes((32, 32, 32), 3, 2, 2)
     with torch.inference_mode():
         real = memory.traced_peak_bytes(
@@ -244,7 +249,7 @@ def test_measured_peak_rss_stays_under_the_budget(tmp_path, m):
     assert result["peak"] <= result["budget"], result
 
 
-def test_autocast_bfloat16_forward_of_a_float32_model_uses_plain_ops():
+def test_autocast_bfloat16_forward_of_a_float32_model_uses_plain_ops(needs_bf16):
     """Under ``torch.autocast`` (training validation) activations are bfloat16 while weights
     stay float32: the engine's fused oneDNN kernels must not apply then (they need equal
     dtypes), and the reference forward runs with or without gradients alike."""
@@ -315,7 +320,8 @@ def test_accumulating_bfloat16_features_into_float32_sums_is_exact(monkeypatch):
     assert torch.equal(apsp.add_(total, part), expected)
 
 
-def test_auto_precision_honours_the_agreement_recorded_in_the_checkpoint(tmp_path, monkeypatch):
+def test_auto_precision_honours_the_agreement_recorded_in_the_checkpoint(tmp_path, monkeypatch,
+                                                                       needs_bf16):
     """A checkpoint whose recorded bfloat16 masks or images miss the targets runs in float32
     under auto, without measuring; a passing record leaves the decision to the measurement."""
     from neuroverse_bids.model.checkpoint import record_precision_agreement, save_checkpoint
@@ -338,7 +344,7 @@ def test_auto_precision_honours_the_agreement_recorded_in_the_checkpoint(tmp_pat
     assert Predictor(load_checkpoint(path), device="cpu", precision="auto").precision == "bfloat16"
 
 
-def test_bfloat16_output_is_the_same_for_any_mini_context_size():
+def test_bfloat16_output_is_the_same_for_any_mini_context_size(needs_bf16):
     """Chunks of any size, equal or not, give bit-identical bfloat16 output (the float32
     sums add the pairs in the same order)."""
     torch.manual_seed(0)
@@ -351,7 +357,7 @@ def test_bfloat16_output_is_the_same_for_any_mini_context_size():
         assert torch.equal(other, outputs[0])
 
 
-def test_the_bfloat16_self_check_is_cached_per_checkpoint(tmp_path, monkeypatch):
+def test_the_bfloat16_self_check_is_cached_per_checkpoint(tmp_path, monkeypatch, needs_bf16):
     """auto precision reads the self-check's error from the cache folder (keyed by the
     checkpoint's SHA256, dtype, device type, torch version); a corrupt entry is measured again
     and rewritten."""

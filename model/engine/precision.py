@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
+from ..capability import bfloat16_support
 from ..fileio import write_text_atomic
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,28 +46,58 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
+class PrecisionUnavailableError(ValueError):
+    """A precision this device cannot run was asked for explicitly (a usage error: ask for
+    ``auto`` or ``float32``)."""
+
+    exit_code = 64
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` picks bfloat16 where the hardware runs it natively, else float32 (the
-    ``Predictor`` then keeps it only for a model that agrees, see the module doc)."""
+    """``auto`` picks bfloat16 where the hardware runs it natively (faster than float32), else
+    float32 (the ``Predictor`` then keeps it only for a model that agrees, see the module doc).
+    An explicit ``bfloat16`` on a device that cannot run it raises
+    :class:`PrecisionUnavailableError`, naming what is missing."""
     if precision == "auto":
         return torch.bfloat16 if native_bfloat16(device) else torch.float32
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "float16" and device.type != "cuda":
         raise ValueError("float16 is supported on CUDA only; use bfloat16 or float32 on the CPU")
+    if precision == "bfloat16":
+        require_bfloat16(device)
     return PRECISIONS[precision]
 
 
+def require_bfloat16(device: torch.device) -> None:
+    """Raise :class:`PrecisionUnavailableError` where ``device`` cannot run bfloat16."""
+    support = bfloat16_support(device)
+    if not support.runs:
+        raise PrecisionUnavailableError(
+            f"bfloat16 cannot run on this {support.device}: {support.reason}; use --precision "
+            "auto or float32")
+
+
+def training_bfloat16(request, device: torch.device) -> Tuple[bool, str]:
+    """Training: autocast to bfloat16 or not, and why (for the run's provenance).
+
+    ``request``: ``"auto"`` (bfloat16 only where it runs natively, faster than float32),
+    ``True`` (required: :class:`PrecisionUnavailableError` where it cannot run) or ``False``.
+    """
+    if request is False:
+        return False, "float32 requested (bf16: false)"
+    support = bfloat16_support(device)
+    if request is True:
+        require_bfloat16(device)
+        return True, f"bfloat16 requested (bf16: true); {support.describe()}"
+    if support.faster:
+        return True, f"auto: {support.describe()}"
+    return False, f"auto: float32, as {support.describe()}"
+
+
 def native_bfloat16(device: torch.device) -> bool:
-    """True where bfloat16 convolutions run in hardware (CPU: AMX/AVX512-BF16; CUDA: sm80+)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """True where bfloat16 runs in hardware, faster than float32 (:mod:`..capability`)."""
+    return bfloat16_support(device).faster
 
 
 def recorded_shortfall(metadata: dict, precision: str) -> List[str]:

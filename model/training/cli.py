@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels", type=int, nargs="+", default=None, help="stage channels")
     parser.add_argument("--grid", type=int, nargs=3, default=None, metavar=("D", "H", "W"))
     parser.add_argument("--tasks", nargs="+", default=None, help="train only these tasks")
-    parser.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
+    parser.add_argument("--bf16", nargs="?", const="on", default=None, choices=("auto", "on", "off"),
+                        help="bfloat16 autocast: auto (where the hardware runs it natively, "
+                             "else float32), on (required: exit 64 where it cannot run) or off "
+                             "(float32, the default unless --config says otherwise); --bf16 "
+                             "alone means on")
     parser.add_argument("--tensorboard", action="store_true", default=None)
     parser.add_argument("--no-augment", dest="no_augment", action="store_true", default=None)
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -61,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> TrainConfig:
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    if "bf16" in overrides:
+        overrides["bf16"] = {"on": True, "off": False}.get(overrides["bf16"], overrides["bf16"])
     config = TrainConfig.from_dict({**base, **overrides})
     if not config.manifest:
         raise SystemExit("neuroverse3d-train: error: give --manifest or 'manifest' in --config")
@@ -83,6 +89,9 @@ def main(argv=None) -> int:
         return 64
     try:
         trainer = Trainer(config, context)
+        if context.is_main:
+            print(f"neuroverse3d-train: precision {'bfloat16 autocast' if trainer.bf16 else 'float32'}"
+                  f" ({trainer.precision_reason})", file=sys.stderr)
         if context.is_main and (trainer.out / "state.pt").is_file():
             print(f"neuroverse3d-train: resuming from {trainer.out / 'state.pt'}", file=sys.stderr)
         metrics = trainer.fit()
@@ -93,9 +102,9 @@ def main(argv=None) -> int:
     except FileNotFoundError as error:
         print(f"neuroverse3d-train: error: {error}", file=sys.stderr)
         return 66
-    except ValueError as error:
+    except ValueError as error:  # bad data: 65; PrecisionUnavailableError: usage, 64
         print(f"neuroverse3d-train: error: {error}", file=sys.stderr)
-        return 65
+        return getattr(error, "exit_code", 65)
     finally:
         cleanup(context)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from ..network import RELEASED_CHANNELS
 
@@ -45,7 +45,9 @@ class TrainConfig:
     loss_beta: float = 1.0
     dice_weight: float = 0.0                # segmentation: + dice_weight * soft Dice loss
     task_weights: Dict[str, float] = field(default_factory=dict)  # overrides of 50 / 1 / 0.5
-    bf16: bool = False
+    # bfloat16 autocast: "auto" (where the hardware runs it natively), true (required), false;
+    # default false: float32 gives the same run on every CPU
+    bf16: Union[bool, str] = False
     channels_last: bool = True              # channels_last_3d layout (faster convolutions)
     device: str = "auto"
     seed: int = 0
@@ -97,6 +99,8 @@ class TrainConfig:
         lo, hi = self.stage2_context_sizes
         if not 1 <= lo <= hi:
             raise ValueError(f"stage2_context_sizes must be [lo, hi] with 1 <= lo <= hi, got {[lo, hi]}")
+        if self.bf16 not in (True, False, "auto"):
+            raise ValueError(f"bf16 must be true, false or \"auto\", got {self.bf16!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0.0 <= self.structure_prob <= 1.0 or self.warmup_steps < 0 or self.dice_weight < 0:

@@ -25,7 +25,9 @@ from typing import Dict, Optional
 
 import torch
 
+from ..capability import bfloat16_support
 from ..checkpoint import load_checkpoint, record_precision_agreement, save_checkpoint
+from ..engine.precision import training_bfloat16
 from ..fileio import write_atomic
 from ..network import Neuroverse3D
 from .agreement import precision_agreement
@@ -98,6 +100,8 @@ class Trainer:
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         self.device = self.ctx.device
+        #: bfloat16 autocast in training steps, and why (``cfg.bf16`` on this device)
+        self.bf16, self.precision_reason = training_bfloat16(config.bf16, self.device)
         torch.manual_seed(config.seed)
         self.model = self._build_model().to(self.device)
         if config.channels_last:  # 3D convolutions are much faster in this layout (15x on CPU)
@@ -178,6 +182,11 @@ class Trainer:
     def record_precision_agreement(self) -> None:
         """bfloat16 vs float32 on this process's validation episodes, written into the final
         ``model.safetensors`` (the Predictor's ``auto`` precision honours it)."""
+        support = bfloat16_support(self.device)
+        if not support.runs:
+            print(f"neuroverse3d-train: bfloat16 agreement not recorded: {support.describe()}",
+                  file=sys.stderr)
+            return
         episodes = self.validation_episodes()
         if not episodes:
             return
@@ -193,7 +202,9 @@ class Trainer:
     def provenance(self) -> dict:
         return {"trained_with": "neuroverse3d-train", "step": self.step, "seed": self.cfg.seed,
                 "manifest": str(self.cfg.manifest), "init_from": self.cfg.init_from,
-                "best_val_loss": self.best}
+                "best_val_loss": self.best,
+                "precision": "bfloat16 autocast" if self.bf16 else "float32",
+                "precision_reason": self.precision_reason}
 
     def resume(self) -> bool:
         """Load ``state.pt`` from the output folder when present; True when resumed."""
@@ -213,7 +224,7 @@ class Trainer:
     # -------------------------------------------------------------------------- training
     def _autocast(self, training: bool = True):
         # validation on the CPU runs in float32, the reference precision; training may autocast
-        if not self.cfg.bf16 or (not training and self.device.type == "cpu"):
+        if not self.bf16 or (not training and self.device.type == "cpu"):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
