@@ -20,7 +20,7 @@ def _merge_meta(info, static):
         "MiniContextSize": info.get("mini_context_size"),
         "ContextSubjects": info.get("context_subjects"),
     })
-    if info.get("precision_reason"):  # auto chose float32 over a native reduced precision
+    if info.get("precision_reason"):  # requested, or what auto found on this device
         meta["PrecisionReason"] = info["precision_reason"]
     if info.get("context_sets"):  # chosen out of a pool (--context-selection, --ensemble)
         meta["ContextSelection"] = {"Method": info.get("selection"),
@@ -112,7 +112,10 @@ def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template:
         if task == "segmentation" and len(output_names) > 1:
             sink(f"{space}_dseg", dict(extra, suffix="dseg"), f"ds_{space}_dseg")
 
-    stored = pe.Node(niu.Merge(len(sinks)), name="stored", run_without_submitting=True)
+    # always rerun, as the sinks: content hashing ignores paths, so a cached list would name the
+    # files of the output folder of the run that made it
+    stored = pe.Node(niu.Merge(len(sinks)), name="stored", run_without_submitting=True,
+                     overwrite=True)
     reportlets = pe.Node(ImageReportlets(output_dir=output_dir, task=task,
                                          output_names=list(output_names), template=template),
                          name="reportlets")

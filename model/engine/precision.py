@@ -1,6 +1,7 @@
 """Device and precision policy: which device, which dtype, and when ``auto`` may keep bfloat16.
 
-``auto`` picks a reduced precision (bfloat16) where the hardware runs it natively, and keeps
+``auto`` picks a reduced precision (bfloat16) where the hardware runs it natively (the probe of
+:mod:`..capability`: faster than float32 there), and keeps
 it only for a model whose output agrees with float32: within :data:`AUTO_TOLERANCE` (relative
 L2) on a fixed synthetic problem (:func:`reduced_precision_error`), and within
 :data:`AGREEMENT_TARGETS` where the checkpoint records its agreement on real tasks.
@@ -8,7 +9,9 @@ L2) on a fixed synthetic problem (:func:`reduced_precision_error`), and within
 The synthetic check costs two small forward passes (seconds for the released architecture),
 a property of the weights: it is cached per checkpoint SHA256, dtype, device type and torch
 version in the user's cache folder (:func:`cache_dir`), so that a process started for one
-prediction does not pay it again.
+prediction does not pay it again. An explicit bfloat16 where the device cannot run it is a
+usage error (:class:`PrecisionUnavailableError`, exit code 64); training asks the same probe
+(:func:`training_bfloat16`).
 """
 from __future__ import annotations
 

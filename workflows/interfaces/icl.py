@@ -229,7 +229,7 @@ class InContextPredict(SimpleInterface):
             "model": Path(meta.get("source", self.inputs.model)).name,
             "model_sha256": meta.get("sha256"),
             "precision": predictor.precision,
-            "precision_reason": predictor.precision_reason,  # why auto chose float32, if it did
+            "precision_reason": predictor.precision_reason,  # requested, or what auto found
             "device": str(predictor.device),
             "mini_context_size": getattr(predictor, "last_mini_context_size",
                                          self.inputs.mini_context_size),
