@@ -10,16 +10,17 @@ entry and a stale one is never read::
     <cache>/<key>/pairs/sub-<label>_*  each pair on the model grid (image not normalised)
     <cache>/<key>/context_pool.npz     the stacked pool: images [L,D,H,W] (normalised to
                                        [0, 1]), outputs [K,L,D,H,W], subjects [L]
-    <cache>/<key>.lock                 POSIX lock (fcntl.lockf, honoured over NFS)
+    <cache>/<key>.lock, <key>.use      locks and last use (:mod:`.context_cache_store`)
 
 The first process takes the lock, builds into ``.tmp-<key>-<host>-<pid>`` and renames it to
 ``<key>`` when complete (the manifest is written last); the others wait on the lock, then verify
 the manifest and the checksums and read. An entry that fails the check is removed and rebuilt.
+A run holds its entry in use until :func:`release_entry`; the cache is kept under a size limit
+by evicting the least recently used entries that no live run holds (see
+:mod:`.context_cache_store`; ``neuroverse3d-cache`` lists, prunes and clears it).
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,18 +28,16 @@ import os
 import shutil
 import socket
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+from .context_cache_store import (MANIFEST, cache_lock, evict, hold, max_cache_bytes,  # noqa: F401
+                                  release_entry)
 from .workflows.errors import OutputError
 
 LOGGER = logging.getLogger("neuroverse3d")
 CACHE_FORMAT = 1
 POOL_FILE = "context_pool.npz"
-MANIFEST = "manifest.json"
-#: without POSIX locks (some network filesystems): a lock folder older than this is stale (s)
-STALE_LOCK_SECONDS = 6 * 3600
 
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:
@@ -73,54 +72,6 @@ def _who() -> dict:
     return {"Host": socket.gethostname(), "PID": os.getpid(), **job}
 
 
-@contextmanager
-def cache_lock(path: Path, poll: float = 1.0):
-    """Exclusive lock on ``path``: a POSIX record lock (works across hosts on NFS), else a
-    lock folder created atomically (filesystems without locks)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                os.close(fd)
-                fd = None
-                with _folder_lock(path.with_name(path.name + ".d"), poll):
-                    yield
-                return
-            LOGGER.info("waiting for %s: another process is building this context set", path)
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-@contextmanager
-def _folder_lock(folder: Path, poll: float):
-    while True:
-        try:
-            folder.mkdir()
-            break
-        except FileExistsError:
-            try:
-                age = time.time() - folder.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if age > STALE_LOCK_SECONDS:
-                LOGGER.warning("removing the stale lock %s (%.0f s old)", folder, age)
-                shutil.rmtree(folder, ignore_errors=True)
-                continue
-            time.sleep(poll)
-    try:
-        yield
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
 
 def check_entry(entry: Path, request: dict) -> Optional[str]:
     """None when ``entry`` is complete and was built for ``request``; else why not."""
@@ -148,15 +99,32 @@ def check_entry(entry: Path, request: dict) -> Optional[str]:
 
 
 def ensure_entry(cache_dir, request: dict, build: Callable[[Path], None],
-                 sources: Optional[dict] = None) -> dict:
-    """The entry for ``request`` under ``cache_dir``, built by ``build(folder)`` when needed.
+                 sources: Optional[dict] = None, max_gb: Optional[float] = None) -> dict:
+    """The entry for ``request`` under ``cache_dir``, built by ``build(folder)`` when needed,
+    held in use by this process until :func:`release_entry`; then the least recently used
+    other entries are evicted down to :func:`max_cache_bytes` of ``max_gb``.
 
     ``build`` writes its files into an empty folder; ``sources`` (where the inputs were read,
     not part of the key: the same data mounted elsewhere is the same entry) goes into the
     manifest. Returns what happened, for the sidecars:
     ``CacheKey``, ``Entry``, ``Reused``, ``RebuiltBecause`` (a rejected entry), ``BuiltBy``,
-    ``SecondsWaiting`` (for the lock) and ``SecondsPreparing`` (wait + build or check).
+    ``SecondsWaiting`` (for the lock), ``SecondsPreparing`` (wait + build or check) and
+    ``Evicted`` (the keys removed to respect the limit).
     """
+    limit = max_cache_bytes(max_gb)
+    status = _ensure_held(cache_dir, request, build, sources)
+    try:
+        status["Evicted"] = evict(Path(status["Entry"]).parent, limit)
+    except OSError as error:  # a full or read-only cache must not stop the run
+        LOGGER.warning("context cache: could not evict old entries (%s)", error)
+        status["Evicted"] = []
+    return status
+
+
+def _ensure_held(cache_dir, request: dict, build: Callable[[Path], None],
+                 sources: Optional[dict]) -> dict:
+    """:func:`ensure_entry` without the eviction: check or build under the key's lock, and
+    hold the entry before letting the lock go."""
     cache_dir = Path(cache_dir).absolute()
     key = request_key(request)
     entry = cache_dir / key
@@ -172,6 +140,7 @@ def ensure_entry(cache_dir, request: dict, build: Callable[[Path], None],
         if entry.exists() and reason is None:
             manifest = json.loads((entry / MANIFEST).read_text())
             LOGGER.info("context set %s: reusing %s", key, entry)
+            hold(entry)
             return {"CacheKey": key, "Entry": str(entry), "Reused": True,
                     "BuiltBy": manifest.get("BuiltBy"), "SecondsWaiting": round(waited, 3),
                     "SecondsPreparing": round(time.perf_counter() - start, 3)}
@@ -197,6 +166,7 @@ def ensure_entry(cache_dir, request: dict, build: Callable[[Path], None],
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         LOGGER.info("context set %s: built %s in %.1f s", key, entry, manifest["SecondsBuilding"])
+        hold(entry)
         return {"CacheKey": key, "Entry": str(entry), "Reused": False,
                 "RebuiltBecause": reason, "BuiltBy": manifest["BuiltBy"],
                 "SecondsWaiting": round(waited, 3),

@@ -6,7 +6,8 @@
     out/derivatives/labels/    sub-XX/anat/sub-XX_desc-brain_mask.nii.gz, sub-XX_dseg.nii.gz
                                (uint8, on each T1w's grid) and dseg.tsv (1 GM, 2 WM)
     out/templateflow/          TEMPLATEFLOW_HOME with tpl-MNI152NLin2009aSym (res-1)
-    out/context-spec.json      a ready segmentation spec (brain, GM, WM)
+    out/context-spec.json      a ready segmentation spec (brain, GM, WM) whose
+                               ``num_contexts`` every target can meet
     out/sourcedata/demo_truth.json   the random parameters of every subject
 
 Each subject is drawn by the one subject generator (:mod:`.anatomy.synth`, ``t1`` kind) from
@@ -44,6 +45,8 @@ CONTEXT_SPEC = {
     "structures": [{"name": "brain", "mask": "brain"}, {"name": "GM", "dseg": "GM"},
                    {"name": "WM", "dseg": "WM"}],
     "num_contexts": 3, "seed": 0}
+#: a target's contexts are the *other* subjects, so a dataset that can run needs two
+MIN_SUBJECTS = 2
 DSEG_LABELS = {1: "GM", 2: "WM"}
 #: the demo's generator settings; the smooth displacement is in mm (divided by the voxel size)
 DEMO_SUBJECT = SubjectConfig(scale=(0.93, 1.07), rotation_deg=10.0, deform_voxels=1.7,
@@ -119,6 +122,12 @@ def make_demo_subject(atlas: Atlas, generator: torch.Generator, orientation="RAS
             "dseg": classes.astype(np.uint8), "truth": truth}
 
 
+def demo_context_spec(subjects: int) -> dict:
+    """:data:`CONTEXT_SPEC` for a dataset of ``subjects``: each target leaves itself out of the
+    pool, so ``num_contexts`` is at most ``subjects - 1`` (else the run stops with exit 65)."""
+    return dict(CONTEXT_SPEC, num_contexts=max(1, min(CONTEXT_SPEC["num_contexts"], subjects - 1)))
+
+
 def _save_json(data, path: Path):
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
@@ -131,9 +140,10 @@ def make_demo_dataset(out, subjects=4, seed=0, voxel_size=2.0, overwrite=False) 
     (then they are deleted first).
     """
     out = Path(out).absolute()
-    if subjects < 1 or seed < 0 or not 0.5 <= voxel_size <= 8:
-        raise UsageError(f"need subjects >= 1, seed >= 0 and 0.5 <= voxel size <= 8 mm; got "
-                         f"{subjects}, {seed}, {voxel_size}")
+    if subjects < MIN_SUBJECTS or seed < 0 or not 0.5 <= voxel_size <= 8:
+        raise UsageError(f"need subjects >= {MIN_SUBJECTS} (each subject's contexts are the "
+                         f"others), seed >= 0 and 0.5 <= voxel size <= 8 mm; got {subjects}, "
+                         f"{seed}, {voxel_size}")
     bids, labels = out / "bids", out / "derivatives" / "labels"
     for folder in (bids, labels):
         if folder.exists() and any(folder.iterdir()):
@@ -185,5 +195,5 @@ def make_demo_dataset(out, subjects=4, seed=0, voxel_size=2.0, overwrite=False) 
                 "note": "template_from_subject_world maps subject world (RAS mm) to template "
                         "world before the smooth displacement; labels files are the truth",
                 "per_subject": truth}, out / "sourcedata" / "demo_truth.json")
-    _save_json(CONTEXT_SPEC, out / "context-spec.json")
+    _save_json(demo_context_spec(subjects), out / "context-spec.json")
     return out

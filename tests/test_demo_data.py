@@ -2,6 +2,7 @@
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -91,9 +92,9 @@ def test_labels_dataset_passes_bids_validator(demo_dataset):
 
 
 def test_generation_is_deterministic(tmp_path):
-    a = make_demo_dataset(tmp_path / "a", subjects=1, seed=3, voxel_size=4.0)
-    b = make_demo_dataset(tmp_path / "b", subjects=1, seed=3, voxel_size=4.0)
-    c = make_demo_dataset(tmp_path / "c", subjects=1, seed=4, voxel_size=4.0)
+    a = make_demo_dataset(tmp_path / "a", subjects=2, seed=3, voxel_size=4.0)
+    b = make_demo_dataset(tmp_path / "b", subjects=2, seed=3, voxel_size=4.0)
+    c = make_demo_dataset(tmp_path / "c", subjects=2, seed=4, voxel_size=4.0)
     for path_a, path_b, path_c in zip(_files(a, "sub-01"), _files(b, "sub-01"),
                                       _files(c, "sub-01")):
         img_a, img_b = nb.load(str(path_a)), nb.load(str(path_b))
@@ -102,16 +103,63 @@ def test_generation_is_deterministic(tmp_path):
         assert not np.array_equal(img_a.affine, nb.load(str(path_c)).affine)
     truth = [json.loads((x / "sourcedata/demo_truth.json").read_text()) for x in (a, b)]
     assert truth[0] == truth[1]
-    assert json.loads((a / "context-spec.json").read_text()) == CONTEXT_SPEC
+    assert json.loads((a / "context-spec.json").read_text()) == dict(CONTEXT_SPEC, num_contexts=1)
 
 
 def test_command(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main([str(out), "--subjects", "1", "--seed", "1", "--voxel-size", "4"]) == 0
+    assert main([str(out), "--subjects", "2", "--seed", "1", "--voxel-size", "4"]) == 0
     assert all(p.is_file() for p in _files(out, "sub-01"))
     assert "TEMPLATEFLOW_HOME" in capsys.readouterr().out
-    assert main([str(out), "--subjects", "1"]) == 73  # refuses to overwrite
+    assert main([str(out), "--subjects", "2"]) == 73  # refuses to overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main([str(out), "--subjects", "0"]) == 64
+    # one subject has no other subject to take contexts from: refused before writing anything
+    assert main([str(tmp_path / "one"), "--subjects", "1"]) == 64
+    assert "subjects >= 2" in capsys.readouterr().err and not (tmp_path / "one").exists()
     assert main([str(out), "--subjects", "2", "--voxel-size", "4", "--overwrite"]) == 0
     assert sorted(p.name for p in (out / "bids").glob("sub-*")) == ["sub-01", "sub-02"]
+
+
+@pytest.mark.parametrize("subjects", [2, 3, 4, 7])
+def test_written_spec_leaves_every_target_enough_contexts(tmp_path, subjects):
+    """A target's contexts are the other subjects: the spec asks for at most subjects - 1."""
+    from neuroverse_bids.context_spec import load_context_spec, pick_context_pool
+    from neuroverse_bids.demo import demo_context_spec
+
+    for folder in ("bids", "derivatives/labels"):  # the spec's datasets, beside it
+        (tmp_path / folder).mkdir(parents=True)
+    path = tmp_path / "context-spec.json"
+    path.write_text(json.dumps(demo_context_spec(subjects)))
+    spec = load_context_spec(path, {})
+    assert spec.num_contexts == min(3, subjects - 1)
+    labels = [f"{i:02d}" for i in range(1, subjects + 1)]
+    pool = pick_context_pool(labels, spec, labels)  # raises (exit 65) when a target falls short
+    assert len(pool) == min(subjects, spec.num_contexts + 1)
+
+
+def test_participant_level_runs_on_a_three_subject_demo(tmp_path):
+    """``neuroverse3d-demo-data --subjects 3`` then the participant level (one target, whose
+    contexts are the two other subjects; with ``--context-cache-max-gb 0``: an old entry of
+    the cache goes, the run's own stays)."""
+    import os
+
+    demo = tmp_path / "demo"
+    assert main([str(demo), "--subjects", "3", "--voxel-size", "4"]) == 0
+    assert json.loads((demo / "context-spec.json").read_text())["num_contexts"] == 2
+    out = tmp_path / "out"
+    old = out / "cache" / "context-sets" / ("0" * 20)  # an unused entry of an earlier run
+    old.mkdir(parents=True)
+    (old / "manifest.json").write_text("{}")
+    command = ["neuroverse3d", str(demo / "bids"), str(out), "participant", "--context-spec",
+               str(demo / "context-spec.json"), "--sloppy", "-w", str(tmp_path / "work"),
+               "--nprocs", "2", "--precision", "float32", "--device", "cpu",
+               "--context-cache-max-gb", "0", "--participant-label", "02"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200,
+                            env=dict(os.environ, TEMPLATEFLOW_HOME=str(demo / "templateflow")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    sidecar = json.loads((out / "sub-02" / "anat" / "sub-02_desc-brain_mask.json").read_text())
+    assert sorted(sidecar["ContextSubjects"]) == ["01", "03"]
+    status = json.loads(next((out / "logs").glob("context-set_*.json")).read_text())
+    assert status["Evicted"] == [old.name] and not old.exists()
+    assert Path(status["Entry"]).is_dir()  # in use while the run ran, so kept

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="\n".join(__doc__.split("\n")[2:]))
     parser.add_argument("--version", action="version", version=f"neuroverse3d {__version__}")
     parser.add_argument("out", type=Path, help="output folder (data, derivatives, work dir)")
-    parser.add_argument("--subjects", type=int, default=4, help="subjects (default 4)")
+    parser.add_argument("--subjects", type=int, default=4,
+                        help="subjects, at least 2 (default 4); each is segmented with "
+                             "min(3, subjects - 1) of the others as contexts")
     parser.add_argument("--voxel-size", type=float, default=2.0,
                         help="native voxel size in mm (default 2.0)")
     parser.add_argument("--model", type=Path, help="checkpoint (default: the bundled model)")

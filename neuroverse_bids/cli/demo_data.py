@@ -2,7 +2,8 @@
 
 Writes OUT/bids (raw T1w), OUT/derivatives/labels (brain masks, GM/WM dseg), OUT/templateflow
 (a TEMPLATEFLOW_HOME with MNI152NLin2009aSym), OUT/context-spec.json and
-OUT/sourcedata/demo_truth.json, all offline from files shipped with nilearn.
+OUT/sourcedata/demo_truth.json, all offline from files shipped with nilearn. The spec's
+``num_contexts`` is min(3, subjects - 1), so the participant level runs on every subject.
 
 Exit codes: 0 success, 64 usage error, 73 cannot write the output.
 """
@@ -25,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "a TemplateFlow home and a context spec. Runs offline.")
     parser.add_argument("--version", action="version", version=f"neuroverse3d {__version__}")
     parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--subjects", type=int, default=4, help="number of subjects (default 4)")
+    parser.add_argument("--subjects", type=int, default=4,
+                        help="number of subjects, at least 2: each subject's contexts are the "
+                             "others, and the spec asks for min(3, subjects - 1) (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--voxel-size", type=float, default=2.0,
                         help="native voxel size in mm (default 2.0; 1.0 is realistic but slower)")
