@@ -39,7 +39,7 @@ PACKAGES = ("neuroverse3d", "torch", "numpy", "nibabel", "nipype", "antspyx", "n
 #: Nipype's own crash messages (node name plus a full traceback): the console shows the app's
 #: short summary of each crash file instead; the log file keeps them
 _NIPYPE_CRASH = ("Saving crash info to", "could not run node", "Node %s failed to run on host",
-                 '[Node] Error on "%s"')
+                 '[Node] Error on "%s"', "Storing result file without outputs")
 
 
 def _jsonable(value):

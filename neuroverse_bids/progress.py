@@ -19,6 +19,16 @@ from .logs import PROGRESS, console_handler, isatty
 from .workflows.reports.crash import node_subject
 
 
+#: participants whose every step finished without failure in this process (for the line of
+#: an interrupted run: their outputs are complete)
+_FINISHED: List[str] = []
+
+
+def finished_participants() -> List[str]:
+    """``sub-<label>`` of the participants all of whose steps finished in this process."""
+    return list(_FINISHED)
+
+
 def count_nodes(workflow) -> Counter:
     """Nodes per participant (as :func:`node_subject` names them) that the workflow will run.
 
@@ -88,6 +98,8 @@ class ProgressReporter:
         if self.totals.get(who) and self.done[who] == self.totals[who]:
             state = f"{self.failed[who]} failed" if self.failed[who] else "all finished"
             PROGRESS.info("%s: %d steps, %s", who, self.totals[who], state)
+            if not self.failed[who] and who.startswith("sub-") and who not in _FINISHED:
+                _FINISHED.append(who)
         if self.display is not None:
             self.display.refresh()
 

@@ -244,4 +244,5 @@ def test_boutiques_descriptor_is_the_parser(capsys):
     codes = {e["code"] for e in descriptor["error-codes"]}
     assert codes == {errors.EXIT_FAILURE, errors.EXIT_VALIDATION, errors.EXIT_NOTHING_SELECTED,
                      errors.EXIT_USAGE, errors.EXIT_BAD_INPUT, errors.EXIT_MISSING_INPUT,
-                     errors.EXIT_CANNOT_CREATE, EXIT_LOCKED}
+                     errors.EXIT_CANNOT_CREATE, EXIT_LOCKED, errors.EXIT_SIGINT,
+                     errors.EXIT_SIGTERM}

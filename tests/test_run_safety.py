@@ -121,6 +121,21 @@ def test_the_app_exits_75_on_a_held_work_folder(live_holder, tmp_path, capsys):
     assert not (tmp_path / "out" / "logs").exists() or not list((tmp_path / "out" / "logs").glob("*.log"))
 
 
+def test_a_refused_run_leaves_nothing_it_created(live_holder, tmp_path, capsys):
+    """Exit 75 is decided before the output folder is made: nothing is left behind."""
+    from neuroverse_bids.cli.run import main
+
+    work, _ = live_holder
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    out = tmp_path / "new" / "out"
+    code = main([str(bids), str(out), "participant", "-w", str(work),
+                 "--mask", "brain", "--labels-dataset", str(tmp_path)])
+    assert code == 75, capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in work.iterdir()) == ["neuroverse3d.lock"]
+
+
 def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()

@@ -282,10 +282,11 @@ def _write_image(in_file: str, out_file: Path, suffix: str):
             header.set_data_dtype(labels.dtype)
             header.set_slope_inter(1, 0)
             out = img.__class__(labels, img.affine, header)
+    size = os.path.getsize(in_file)  # about what the file needs (for a full disk's message)
     if out is img and same_compression:
-        write_atomic(out_file, lambda tmp: shutil.copyfile(in_file, tmp))
+        write_atomic(out_file, lambda tmp: shutil.copyfile(in_file, tmp), size_hint=size)
     else:
-        write_atomic(out_file, lambda tmp: nb.save(out, tmp))
+        write_atomic(out_file, lambda tmp: nb.save(out, tmp), size_hint=size)
 
 
 # --------------------------------------------------------------------------- interface
@@ -313,10 +314,15 @@ class DerivativesDataSink(SimpleInterface):
     smallest integer type holding them. The sidecar has ``Sources`` (BIDS URIs), then ``meta``;
     native-space images (no ``space``) get ``SpatialReference`` = the source, and anatomical
     images (``T1w``...) get ``SkullStripped`` from ``meta``, the source's sidecar, or False.
+
+    It always runs (as niworkflows' sink does): the derivatives live outside the work folder,
+    so its cache cannot vouch for them (another output folder, deleted files), and with content
+    hashing a cached sink would hand on the paths of the folder it wrote first.
     """
 
     input_spec = _DerivativesDataSinkInputSpec
     output_spec = _DerivativesDataSinkOutputSpec
+    _always_run = True
 
     def _run_interface(self, runtime):
         sources = [Path(s) for s in self.inputs.source_file]
@@ -349,7 +355,11 @@ class DerivativesDataSink(SimpleInterface):
             sidecar["SkullStripped"] = _source_value(sources[0], "SkullStripped", False)
         sidecar.update(meta)
         stem = out_file.name[: -len(fields["extension"])] if fields["extension"] else out_file.name
-        out_meta = _write_json(out_file.with_name(stem + ".json"), sidecar)
+        try:
+            out_meta = _write_json(out_file.with_name(stem + ".json"), sidecar)
+        except OutputError:  # no image without its sidecar (a full disk, say)
+            out_file.unlink(missing_ok=True)
+            raise
         self._results["out_file"] = str(out_file)
         self._results["out_meta"] = str(out_meta)
         return runtime

@@ -20,7 +20,10 @@ NOT_INPUTS = ("help", "version", "boutiques")
 EXIT_CODES = ((1, "failure (a node crashed: see the crash summaries and logs/)"),
               (16, "BIDS validation failed"), (18, "the filters selected nothing"),
               (64, "usage error"), (65, "bad input data"), (66, "missing input"),
-              (73, "cannot create output"), (75, "the work folder is in use by a live run"))
+              (73, "cannot create output (including a full disk)"),
+              (75, "the work folder is in use by a live run"),
+              (130, "interrupted (SIGINT, Ctrl-C); the same command resumes"),
+              (143, "terminated (SIGTERM, e.g. a scheduler's time limit); the same command resumes"))
 
 
 def _input_type(action: argparse.Action) -> dict:

@@ -1,15 +1,25 @@
-"""Command-line parser of ``neuroverse3d`` (BIDS-Apps convention, fMRIPrep-style groups)."""
+"""Command-line parser of ``neuroverse3d`` (BIDS-Apps convention, fMRIPrep-style groups).
+
+``--help``, ``--version`` and usage errors must not import torch, nibabel or Nipype (seconds
+on a cold file system): this module imports none of them. The choices that live in torch
+modules are spelled here; ``tests/test_fail_safe_run.py`` checks them against their registries
+(and a spec's values are checked against the registries again when a run starts).
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from .. import __version__
-from ..context_spec import DEFAULT_NUM_CONTEXTS, DEGRADATIONS, SELECTIONS
 from .boutiques import BoutiquesAction
 from .options import ExitCode64Parser, add_inference_options, memory_size, positive_int
 
 DEFAULT_TEMPLATE = "MNI152NLin2009cAsym"
+#: ``context_spec.DEFAULT_NUM_CONTEXTS``
+DEFAULT_NUM_CONTEXTS = 8
+#: the names of ``model.selection.SELECTIONS`` and ``model.training.synthesis.DEGRADATIONS``
+SELECTIONS = ("random", "similar")
+DEGRADATIONS = ("bias-field", "gaussian-noise", "salt-pepper", "inpainting", "downsample-x2")
 
 
 def _strip_sub(value: str) -> str:
@@ -107,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     derivatives.add_argument("--context-cache", type=Path, metavar="DIR",
                              help="folder of the context cache (default: "
                                   "<output_dir>/cache/context-sets); share it between jobs")
+    derivatives.add_argument("--context-cache-max-gb", type=float, metavar="GB",
+                             help="size limit of the context cache: the least recently used "
+                                  "entries that no live run uses are removed (inf: no limit; "
+                                  "default: $NEUROVERSE3D_CONTEXT_CACHE_MAX_GB, else 5); see "
+                                  "neuroverse3d-cache")
     derivatives.add_argument("--icl-mem", dest="icl_mem_gb", type=memory_size, metavar="SIZE",
                              help="memory budget of each in-context prediction (8GB, 8000 = "
                                   "MB; default: the predictor's plan for the model grid)")

@@ -13,14 +13,13 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .. import __version__
+from ..context_cache_store import CACHE_FOLDER  # noqa: F401  (<output_dir>/cache/context-sets)
 from ..context_set import Datasets, check_pair, find_context_pairs
 from ..context_spec import contexts_for, pick_context_pool, spec_from_args
 from ..workflows.errors import MissingInputError, NeuroverseError, UsageError
 
 LOGGER = logging.getLogger("neuroverse3d")
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "data" / "neuroverse3d_default.safetensors"
-#: the context cache under the output folder (``--context-cache`` elsewhere); .bidsignore'd
-CACHE_FOLDER = Path("cache") / "context-sets"
 
 
 @dataclass
@@ -36,6 +35,8 @@ class ParticipantPlan:
     cache_request: Dict = field(default_factory=dict)    # what the context pool depends on
     build_args: Dict = field(default_factory=dict)       # context_cache.build_pool arguments
     workflow: object = None
+    cache_max_gb: Optional[float] = None                 # --context-cache-max-gb
+    cache_entry: Optional[str] = None                    # held in use until the run ends
 
 
 def resolve_model(path) -> Path:
@@ -240,6 +241,8 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
         icl_resources=resources, ensemble=ensemble)
     cache_dir = Path(args.context_cache).resolve() if getattr(args, "context_cache", None) \
         else output_dir / CACHE_FOLDER
+    cache_max_gb = getattr(args, "context_cache_max_gb", None)
+    context_cache.max_cache_bytes(cache_max_gb)  # a bad limit stops here (exit 64)
     request = context_cache.pool_request(spec, pool_pairs, grid, template, template_files["t1w"],
                                          args.sloppy)
     build_args = dict(pairs=pool_pairs, template_file=template_files["t1w"],
@@ -252,7 +255,7 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     if spec.task == "segmentation" and len(output_names) > 1:
         write_dseg_tsv(output_dir, {i + 1: n for i, n in enumerate(output_names)})
     return ParticipantPlan(output_dir, work_dir, subjects, workflow_args, cache_dir, request,
-                           build_args)
+                           build_args, cache_max_gb=cache_max_gb)
 
 
 def prepare_context_set(plan: ParticipantPlan, plugin: Dict) -> Dict:
@@ -263,7 +266,8 @@ def prepare_context_set(plan: ParticipantPlan, plugin: Dict) -> Dict:
     status = context_cache.ensure_entry(
         plan.cache_dir, plan.cache_request,
         lambda folder: context_cache.build_pool(folder, plugin=plugin, **plan.build_args),
-        sources=context_cache.pool_sources(plan.build_args["pairs"]))
+        sources=context_cache.pool_sources(plan.build_args["pairs"]), max_gb=plan.cache_max_gb)
+    plan.cache_entry = status["Entry"]  # in use (never evicted) until run_workflow releases it
     pool_file = str(Path(status["Entry"]) / context_cache.POOL_FILE)
     # the sidecars name the entry (stable across reruns); what this job reused and how long it
     # waited go to logs/context-set_<key>_<job>.json
@@ -338,6 +342,10 @@ def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
             f"{len(crashes) or 'some'} step(s) failed: see the summaries above and the crash "
             f"files in {crash_dir}; the outputs of the participants whose steps all finished "
             "are written", exit_code=1) from None
+    finally:
+        from .. import context_cache
+
+        context_cache.release_entry(plan.cache_entry)  # evictable again
     reports = write_reports(plan)
     print(f"neuroverse3d: finished {len(plan.subjects)} participant(s); outputs in {plan.output_dir}"
           + (f"; reports: {', '.join(str(r) for r in reports)}" if reports else ""))

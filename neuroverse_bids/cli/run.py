@@ -4,19 +4,25 @@ Everything that can be checked before the workflow runs is checked first (paths,
 validity, participants, context pairs, model, template), so bad input fails in seconds with a
 clear message and the exit code of the BIDS-Apps spec, and nothing is written to ``bids_dir``.
 A participant run holds its work folder for its whole life (``locks.py``: a second run on it
-exits 75); ``--reports-only`` only renders the reports again; ``--config-file`` makes a saved
-run's arguments the defaults (``config_file.py``).
+exits 75, having created nothing); the output folder is made only once the lock is held.
+SIGINT and SIGTERM stop a run with one line (exit 130/143) that says what is kept and the
+command that resumes it. ``--reports-only`` only renders the reports again; ``--config-file``
+makes a saved run's arguments the defaults (``config_file.py``). ``--help``, ``--version`` and
+usage errors import nothing heavy (no torch, nibabel or Nipype: see ``parser.py``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import List
 
-from ..errors import run_with_exit_codes
+from ..errors import RunStopped, SIGNAL_NAMES, run_with_exit_codes, stop_on_signals
 from ..logs import new_run_id, setup_console, setup_run_logging
 from ..workflows.errors import MissingInputError, NeuroverseError, OutputError, UsageError
 from .config_file import apply_saved_arguments, fill_appended, saved_arguments
@@ -30,7 +36,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path):
-    """Refuse layouts that would write into the input; make sure the outputs can be written."""
+    """Refuse layouts that would write into the input. Creates nothing (see :func:`writable`)."""
     if not bids_dir.is_dir():
         raise MissingInputError(f"{bids_dir}: the BIDS dataset folder does not exist")
     if output_dir == bids_dir or _inside(bids_dir, output_dir):
@@ -42,14 +48,29 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path):
     if _inside(work_dir, bids_dir):
         raise UsageError(f"work dir {work_dir} is inside the input dataset {bids_dir}; the input "
                          "is never written: choose a work dir outside it with -w")
-    for folder in (output_dir, work_dir):
+
+
+def writable(folder: Path) -> List[Path]:
+    """Create ``folder`` (with its parents) and check that a file can be written there (else
+    exit 73); returns the folders it created, outermost first, for :func:`remove_created`."""
+    created = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write here ({error.strerror}); choose a writable "
+                          "folder or fix its permissions") from None
+    return created
+
+
+def remove_created(created: List[Path]):
+    """Remove the folders :func:`writable` created, innermost first, if they are still empty."""
+    for folder in reversed(created):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as error:
-            raise OutputError(f"{folder}: cannot write here ({error.strerror}); choose a writable "
-                              "folder or fix its permissions") from None
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def read_participant_file(path: Path) -> list:
@@ -87,10 +108,16 @@ def plugin_settings(args) -> dict:
     """Nipype plugin and its arguments: ``--use-plugin`` file, else MultiProc / Linear.
 
     MultiProc runs as ``SafeMultiProc`` (``execution.py``): its workers die with this process
-    and log to the run's file.
+    and log to the run's file. Every workflow of the run (the context-set build included)
+    polls its nodes every 0.1 s instead of Nipype's 2 s: a rerun's cached nodes then take
+    milliseconds each, not seconds.
     """
+    from nipype import config as nipype_config
+
     from ..execution import register_plugin
     from ..logs import current_log_file
+
+    nipype_config.set("execution", "poll_sleep_duration", "0.1")
 
     if args.use_plugin is not None:
         path = args.use_plugin
@@ -157,13 +184,21 @@ def run(args) -> int:
     if args.analysis_level == "group":
         from .group import run_group
 
+        writable(output_dir)
         setup_run_logging(output_dir, args, run_id)
         return run_group(bids_dir, output_dir, args)
 
     from ..locks import WorkDirLock
     from .participant import plan_participant_run, run_workflow
 
-    with WorkDirLock(work_dir, run_id):
+    created = writable(work_dir)  # the lock lives there
+    try:
+        lock = WorkDirLock(work_dir, run_id).acquire()
+    except BaseException:
+        remove_created(created)  # a refused run leaves nothing it made
+        raise
+    try:
+        writable(output_dir)
         setup_run_logging(output_dir, args, run_id)  # saves the arguments as given
         if args.random_seed is not None:
             seed_everything(args.random_seed)
@@ -172,6 +207,55 @@ def run(args) -> int:
                 args.context_seed = args.random_seed
         plan = plan_participant_run(args, bids_dir, output_dir, work_dir)
         return run_workflow(plan, plugin_settings(args), args)
+    finally:
+        lock.release()
+
+
+def resume_command(argv: List[str]) -> str:
+    """The command line that repeats this run, with ``cd <here> &&`` when it depends on the
+    current folder (a relative path, or the default ``-w ./work``)."""
+    command = shlex.join(["neuroverse3d", *argv])
+    work_given = any(a in ("-w", "--work-dir") or a.startswith("--work-dir=") for a in argv)
+    relative = [a for a in argv if not a.startswith("-") and not os.path.isabs(a)
+                and os.path.exists(a)]
+    if relative or not work_given:
+        return f"cd {shlex.quote(os.getcwd())} && {command}"
+    return command
+
+
+def remove_temporaries(output_dir: Path, labels, since: float):
+    """Remove the hidden temporary files of atomic writes (``.<name>.<random>.tmp<ext>``) that
+    this run's killed workers left in its participants' output folders (another job's
+    participants are not touched)."""
+    folders = ([output_dir / f"sub-{label}" for label in labels] if labels
+               else list(output_dir.glob("sub-*")))
+    for folder in folders:
+        for path in folder.rglob(".*.tmp*"):
+            try:
+                if path.is_file() and path.stat().st_mtime >= since - 1:
+                    path.unlink()
+            except OSError:
+                pass
+
+
+def stopped(interrupt: KeyboardInterrupt, args, argv: List[str], since: float) -> RunStopped:
+    """The one line for a run stopped by a signal: which signal, what is kept, how to resume.
+    Removes the temporary files the run's killed workers left (``since``: its start)."""
+    from ..progress import finished_participants
+
+    code = getattr(interrupt, "exit_code", 130)
+    kept = []
+    if args.analysis_level == "participant" and not args.reports_only:
+        remove_temporaries(args.output_dir.resolve(), args.participant_label, since)
+        work_dir = (args.work_dir or Path("work")).resolve()
+        kept.append(f"the work folder {work_dir} (its finished steps are reused)")
+        done = finished_participants()
+        if done:
+            kept.append(f"the outputs of {', '.join(done)} in {args.output_dir.resolve()}")
+    return RunStopped(
+        f"interrupted by {SIGNAL_NAMES.get(code - 128, f'signal {code - 128}')}; no partial "
+        f"file was left; kept: {' and '.join(kept) or 'nothing to keep'}; resume with: "
+        f"{resume_command(argv)}", exit_code=code)
 
 
 def parse_args(argv=None):
@@ -183,12 +267,22 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(argv)
     except NeuroverseError as error:  # a bad --config-file
         print(f"neuroverse3d: error: {error}", file=sys.stderr)
         return error.exit_code
-    return run_with_exit_codes("neuroverse3d", run, args)
+
+    def guarded(args):
+        since = time.time()
+        with stop_on_signals():
+            try:
+                return run(args)
+            except KeyboardInterrupt as interrupt:  # SIGINT or SIGTERM
+                raise stopped(interrupt, args, argv, since) from None
+
+    return run_with_exit_codes("neuroverse3d", guarded, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,7 @@
-"""Report nodes: each image's reportlets, then the subject's page, from connected inputs only."""
+"""Report nodes: each image's reportlets, then the subject's page, from connected inputs only.
+
+Both always run (like the derivatives sink): what they write lives in the output folder, which
+the work folder's cache cannot vouch for (another output folder, deleted figures)."""
 from __future__ import annotations
 
 from nipype.interfaces.base import (
@@ -41,6 +44,7 @@ class ImageReportlets(SimpleInterface):
 
     input_spec = _ImageReportletsInputSpec
     output_spec = _ImageReportletsOutputSpec
+    _always_run = True
 
     def _run_interface(self, runtime):
         from ..reports.reportlets import image_reportlets
@@ -78,6 +82,7 @@ class SubjectReport(SimpleInterface):
 
     input_spec = _SubjectReportInputSpec
     output_spec = _SubjectReportOutputSpec
+    _always_run = True
 
     def _run_interface(self, runtime):
         from ..reports.reportlets import context_reportlet
