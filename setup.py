@@ -58,7 +58,9 @@ setup(
             "neuroverse3d-manifest=neuroverse_bids.cli.manifest:main",
             "neuroverse3d-demo-data=neuroverse_bids.cli.demo_data:main",
             "neuroverse3d-demo=neuroverse_bids.cli.demo:main",
+            "neuroverse3d-cache=neuroverse_bids.cli.cache:main",
             "neuroverse3d-make-training-data=neuroverse_bids.anatomy.cli:main",
+            "neuroverse3d-make-labelmap-data=neuroverse_bids.anatomy.labelmaps:main",
             "neuroverse3d-eval=neuroverse_bids.evaluation.cli:main",
         ]
     },

@@ -56,6 +56,7 @@ class TrainConfig:
     rates: Dict[str, float] = field(default_factory=dict)       # task sampling-rate overrides
     augment: Dict[str, float] = field(default_factory=dict)     # AugmentConfig overrides
     synthesis: Dict[str, object] = field(default_factory=dict)  # SynthesisConfig overrides
+    labelmap: Dict[str, object] = field(default_factory=dict)   # LabelmapConfig overrides
     no_augment: bool = False
     cache_size: int = 64
     structures: Optional[str] = None        # named structures (default: beside the manifest)

@@ -14,6 +14,10 @@ TSV form: one row per subject, columns ``dataset subject image label brain_mask 
 tasks`` (``paired`` as ``T2w=path;FLAIR=path``, ``tasks`` comma separated, empty or ``n/a`` for
 none). Relative paths are relative to the manifest file. All volumes of a dataset must share
 one grid (the trainer resamples to its training grid).
+
+A dataset with ``"kind": "labelmap"`` (JSON only) holds label maps and no images: each
+subject's ``image`` and ``label`` name its label map, and every episode synthesises new images
+from them (``labelmap_synthesis``), so such a dataset supports every task.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ..fileio import write_text_atomic
 from .synthesis import RESTORATION_TASKS, SEGMENTATION, TASKS
 
 FORMAT = "neuroverse3d-manifest"
+LABELMAP = "labelmap"  # dataset kind: label maps only, images synthesised per episode
 TSV_COLUMNS = ("dataset", "subject", "image", "label", "brain_mask", "paired", "space", "tasks")
 
 
@@ -45,10 +50,13 @@ class DatasetEntry:
     subjects: List[Subject]
     space: Optional[str] = None          # template name when the data are in MNI space
     tasks: Optional[List[str]] = None    # declared tasks; None: inferred
+    kind: Optional[str] = None           # LABELMAP: images synthesised from the label maps
 
     def supported_tasks(self) -> List[str]:
         """Tasks whose inputs every subject has (restricted to ``tasks`` when declared)."""
         subjects = self.subjects
+        if self.kind == LABELMAP:
+            return [t for t in TASKS if self.tasks is None or t in self.tasks]
         found = list(RESTORATION_TASKS)
         if subjects and all(s.label for s in subjects):
             found.insert(0, SEGMENTATION)
@@ -82,6 +90,7 @@ class Manifest:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": 1, "datasets": [
             {"name": d.name, "space": d.space, "tasks": d.tasks,
+             **({"kind": d.kind} if d.kind else {}),
              "subjects": [{"id": s.id, "image": s.image, "label": s.label,
                            "brain_mask": s.brain_mask, "paired": s.paired} for s in d.subjects]}
             for d in self.datasets]}
@@ -93,6 +102,9 @@ class Manifest:
             if unknown:
                 raise ValueError(f"dataset {dataset.name}: unknown tasks {sorted(unknown)}; "
                                  f"choose from {', '.join(TASKS)}")
+            if dataset.kind not in (None, LABELMAP):
+                raise ValueError(f"dataset {dataset.name}: unknown kind {dataset.kind!r} "
+                                 f"(known: {LABELMAP})")
             for s in dataset.subjects:
                 for path in [s.image, s.label, s.brain_mask, *s.paired.values()]:
                     resolved = self.resolve(path)
@@ -112,7 +124,8 @@ def _from_dict(data: dict, root: Path) -> Manifest:
         subjects = [Subject(id=s["id"], image=s["image"], label=_none(s.get("label")),
                             brain_mask=_none(s.get("brain_mask")), paired=dict(s.get("paired") or {}))
                     for s in d["subjects"]]
-        datasets.append(DatasetEntry(d["name"], subjects, _none(d.get("space")), d.get("tasks")))
+        datasets.append(DatasetEntry(d["name"], subjects, _none(d.get("space")), d.get("tasks"),
+                                     _none(d.get("kind"))))
     return Manifest(datasets, root)
 
 
@@ -180,6 +193,8 @@ def save_manifest(manifest: Manifest, path) -> Path:
     """Write JSON (or TSV for ``.tsv``) atomically; paths are written as stored."""
     path = Path(path)
     if path.suffix.lower() == ".tsv":
+        if any(d.kind for d in manifest.datasets):
+            raise ValueError(f"{path}: datasets of a kind ({LABELMAP}) need the JSON form")
         lines = ["\t".join(TSV_COLUMNS)]
         for d in manifest.datasets:
             for s in d.subjects:

@@ -18,7 +18,8 @@ from torch import Tensor
 from ..fileio import read_volume
 from ..intensity import normalise_intensity
 from .augment import AugmentConfig, augment_group
-from .manifest import DatasetEntry, Manifest, Structures, named_structures
+from .labelmap_synthesis import LabelmapConfig, labelmap_episode
+from .manifest import LABELMAP, DatasetEntry, Manifest, Structures, named_structures
 from .synthesis import SEGMENTATION, TASKS, SynthesisConfig, draw_overlay, make_pair
 
 #: sampling rate of each task (segmentation 2, every generation task 1)
@@ -118,7 +119,9 @@ class EpisodeSampler:
     Segmentation shows one label value or a random union of values (:func:`choose_classes`);
     with ``structures`` and ``structure_prob > 0`` it shows, with that probability, one named
     structure of the dataset instead (e.g. brain, GM, a bilateral hippocampus), so that the
-    structures users ask for are not left to the chance of a random union.
+    structures users ask for are not left to the chance of a random union. Label-map datasets
+    (``kind`` ``labelmap``) synthesise every episode's images from the subjects' label maps
+    (:func:`labelmap_episode`, its ranges in ``labelmap``).
     """
 
     def __init__(self, manifest: Manifest, grid: Sequence[int],
@@ -126,8 +129,10 @@ class EpisodeSampler:
                  augment: Optional[AugmentConfig] = None,
                  rates: Optional[Dict[str, float]] = None,
                  tasks: Optional[Sequence[str]] = None, cache_size: int = 64,
-                 structures: Optional[Structures] = None, structure_prob: float = 0.0):
+                 structures: Optional[Structures] = None, structure_prob: float = 0.0,
+                 labelmap: Optional[LabelmapConfig] = None):
         self.structures, self.structure_prob = structures or {}, float(structure_prob)
+        self.labelmap = labelmap or LabelmapConfig()
         self.load = VolumeLoader(manifest, grid, cache_size)
         self.synthesis = synthesis or SynthesisConfig()
         self.augment = augment if augment is not None else AugmentConfig()
@@ -168,6 +173,8 @@ class EpisodeSampler:
         n = min(context_size + 1, len(dataset.subjects))
         picks = torch.randperm(len(dataset.subjects), generator=generator)[:n].tolist()
         subjects = [dataset.subjects[i] for i in picks]
+        if dataset.kind == LABELMAP:
+            return self._labelmap_sample(task, dataset, subjects, generator)
         modality = None
         if task == "modality-transform":
             names = dataset.paired_modalities()
@@ -185,6 +192,15 @@ class EpisodeSampler:
             outputs.append(target)
         inputs, outputs = augment_group(torch.stack(inputs), torch.stack(outputs), task,
                                         generator, self.augment)
+        return Episode(task, dataset.name, [s.id for s in subjects], inputs, outputs, classes)
+
+    def _labelmap_sample(self, task: str, dataset: DatasetEntry, subjects, generator) -> Episode:
+        """An episode whose images are synthesised from the subjects' label maps."""
+        overlay = draw_overlay(task, generator, self.synthesis.overlay_prob)
+        labels = [self.load(s.label, "label") for s in subjects]
+        inputs, outputs, classes, _ = labelmap_episode(task, labels, generator, self.labelmap,
+                                                       self.synthesis, overlay)
+        inputs, outputs = augment_group(inputs, outputs, task, generator, self.augment)
         return Episode(task, dataset.name, [s.id for s in subjects], inputs, outputs, classes)
 
 

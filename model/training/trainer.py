@@ -32,6 +32,7 @@ from ..fileio import write_atomic
 from ..network import Neuroverse3D
 from .agreement import precision_agreement
 from .augment import AugmentConfig
+from .labelmap_synthesis import LabelmapConfig
 from .config import TrainConfig
 from .distributed import DistContext, all_reduce_sum_, barrier, is_ddp, wrap_for_training
 from .losses import dice, psnr, task_loss
@@ -118,13 +119,15 @@ class Trainer:
         augment = AugmentConfig.disabled() if config.no_augment else _dataclass_with(AugmentConfig, config.augment)
         manifest = load_manifest(config.manifest)
         structures = self._structures()
+        labelmap = _dataclass_with(LabelmapConfig, config.labelmap)
         self.sampler = EpisodeSampler(manifest, config.grid, synthesis, augment, config.rates,
                                       config.tasks, config.cache_size, structures,
-                                      config.structure_prob)
+                                      config.structure_prob, labelmap)
         val_manifest = load_manifest(config.val_manifest) if config.val_manifest else manifest
         self.val_sampler = EpisodeSampler(val_manifest, config.grid, synthesis,
                                           AugmentConfig.disabled(), config.rates, config.tasks,
-                                          config.cache_size, structures, config.structure_prob)
+                                          config.cache_size, structures, config.structure_prob,
+                                          labelmap)
         self.step = 0
         self.best = float("inf")
         self._val_episodes = None
