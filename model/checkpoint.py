@@ -297,9 +297,11 @@ def load_checkpoint(path, map_location="cpu") -> Neuroverse3D:
         config = _config_from_hparams(provenance["hyper_parameters"], infer_config(state))
         metadata = {"format": "lightning", "architecture": config.to_dict(),
                     "grid": RELEASED_GRID, "provenance": provenance}
-    model = Neuroverse3D(config.channels, config.convs_per_block)
+    with torch.device("meta"):  # no random initialisation (0.6 s): every tensor is read
+        model = Neuroverse3D(config.channels, config.convs_per_block)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in state.items()}, strict=True, assign=True)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit the network ({error})") from None
     metadata = dict(metadata, source=str(path), sha256=file_sha256(path))

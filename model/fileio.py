@@ -44,17 +44,33 @@ def write_text_atomic(path, text: str) -> Path:
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+#: fewest voxels along each axis of a volume: a 2D image or a slab of a few slices holds no 3D
+#: anatomy for the network to match (it would be padded or resampled into mostly empty space)
+MIN_SLICES = 4
+
+
+def as_volume(data: np.ndarray, path) -> np.ndarray:
+    """``data`` as one 3D volume of at least :data:`MIN_SLICES` voxels along each axis (a 4D
+    image holding a single volume is squeezed); else :class:`VolumeShapeError` naming the file,
+    its shape and the fix. The one shape check of every image that enters the app."""
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    shape = tuple(int(n) for n in data.shape)
+    if data.ndim > 3:
+        raise VolumeShapeError(f"{path}: expected a 3D volume, got shape {shape}; extract one "
+                               "volume (e.g. the first of a 4D series) before using it")
+    if data.ndim < 3 or min(shape) < MIN_SLICES:
+        what = f"a {data.ndim}D image" if data.ndim < 3 else "a 3D image with too few slices"
+        raise VolumeShapeError(f"{path}: {what} (shape {shape}); Neuroverse3D needs a 3D volume "
+                               f"with several slices in each direction (at least {MIN_SLICES}): "
+                               "give the whole 3D scan, not a single slice or a 2D image")
+    return data
+
+
 def read_volume(path, dtype=np.float32):
-    """Load a 3D NIfTI -> (image, data array of ``dtype``); a 4D image holding a single volume
-    is squeezed. Raises :class:`VolumeShapeError` naming the file for any other shape (nibabel's
-    own errors pass through for unreadable files)."""
+    """Load a 3D NIfTI -> (image, data array of ``dtype``), its shape checked by
+    :func:`as_volume` (nibabel's own errors pass through for unreadable files)."""
     import nibabel as nib
 
     img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj, dtype=dtype)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise VolumeShapeError(f"{path}: expected a 3D volume, got shape {data.shape}; extract "
-                               "one volume (e.g. the first of a 4D series) before using it")
-    return img, data
+    return img, as_volume(np.asanyarray(img.dataobj, dtype=dtype), path)

@@ -206,3 +206,25 @@ def test_bids_uri(dataset):
     assert bids_uri(path, dataset, "deriv") == "bids:deriv:sub-02/anat/sub-02_T1w.nii.gz"
     with pytest.raises(ValueError):
         bids_uri(path, dataset / "sub-01")
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (8, 8)])
+def test_one_slice_and_2d_images_are_refused_with_the_fix(dataset, tmp_path, shape):
+    """A one-slice volume or a 2D image, as a target (collect_anatomicals) or in a context pair
+    (check_pair): exit 65 naming the file and its shape, and saying what to give instead. The
+    check is the one every image reader shares."""
+    from neuroverse_bids.context_set import ContextPair, check_pair
+
+    target = dataset / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    _nifti(target, shape=shape)
+    layout = load_layout(dataset, database_dir=tmp_path / "db")
+    with pytest.raises(BadInputError) as caught:
+        collect_anatomicals(layout, "02")
+    context = ContextPair("02", dataset / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_run-1_T1w.nii.gz",
+                          outputs=[target], label_values=[None])
+    with pytest.raises(BadInputError) as in_pair:
+        check_pair(context)
+    for error in (caught.value, in_pair.value):
+        assert error.exit_code == 65
+        assert str(target) in str(error) and str(shape) in str(error)
+        assert "several slices in each direction" in str(error) and "4D" not in str(error)

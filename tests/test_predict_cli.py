@@ -182,10 +182,9 @@ def test_the_model_grid_round_trip_keeps_the_anatomy(tmp_path, small_grid_model)
     image, mask = _blob((45, 54, 45), affine)
     target = _save(tmp_path / "t.nii.gz", image, affine)
     grid = OnModelGrid(argparse.Namespace(register=False), [32, 32, 32], 4.0, None, tmp_path)
-    on_grid, reference, xfm = grid.image(target, "target")
-    grid_img = nb.load(str(on_grid))
-    assert grid_img.shape == (32, 32, 32) and np.allclose(np.linalg.norm(grid_img.affine[:3, :3], axis=0), 4.0)
-    back = grid.back(np.asarray(grid_img.dataobj)[None] > 450, reference, target, xfm)[0] > 0.5
+    on_grid, reference, xfm = grid.image(nb.load(target), "target")
+    assert on_grid.shape == (32, 32, 32) and np.allclose(np.linalg.norm(reference.affine[:3, :3], axis=0), 4.0)
+    back = grid.back(on_grid[None] > 450, reference, nb.load(target), xfm)[0] > 0.5
     dice = 2 * np.sum(back & (mask > 0)) / (back.sum() + mask.sum())
     assert dice > 0.9, dice
 
@@ -245,3 +244,63 @@ def test_bundled_model_registers_demo_volumes(demo_dataset, templateflow_home, t
     dice = 2 * np.sum(a & b) / (a.sum() + b.sum())
     print("brain Dice:", round(float(dice), 3))
     assert dice > 0.9
+
+
+# --- refused inputs and reading each file once ----------------------------------------------
+
+def test_a_label_map_without_a_picked_structure_is_refused(volumes, grid_ckpt, capsys):
+    """Labels {0, 1, 3} used as given would be read as a mask with a 3 in it: exit 65 before any
+    work, one line naming the file, the labels found and the option that picks one; a {0, 1}
+    mask and a picked structure (by value) run."""
+    tmp_path, target, images, labels, rng = volumes
+    label_map = _save(tmp_path / "dseg.nii.gz", rng.choice([0, 1, 3], (32, 32, 32)))
+    args = ["--model", str(grid_ckpt), "--target", target, "--context-images", *images,
+            "--context-labels", labels[0], label_map, labels[2], "--precision", "float32"]
+    out = tmp_path / "o.nii.gz"
+    assert main(args + ["--output", str(out)]) == 65
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dseg.nii.gz" in err and "0, 1, 3" in err
+    assert "--dseg-label N" in err and not out.exists()
+    assert main(args + ["--output", str(out), "--dseg-label", "3"]) == 0
+    assert set(np.unique(np.asarray(nb.load(str(out)).dataobj))) <= {0, 3}
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 1), (32, 32)])
+def test_a_2d_or_one_slice_image_is_refused_with_the_right_hint(volumes, grid_ckpt, capsys, shape):
+    """A one-slice volume or a 2D image cannot be segmented in 3D: exit 65 naming the file, its
+    shape and the fix (a 3D volume with several slices in each direction), as target or context."""
+    tmp_path, target, images, labels, rng = volumes
+    flat = _save(tmp_path / "flat.nii.gz", rng.random(shape) * 500)
+    for target_file, context in ((flat, images[0]), (target, flat)):
+        code = main(["--model", str(grid_ckpt), "--target", target_file, "--context-images", context,
+                     "--context-labels", labels[0], "--output", str(tmp_path / "o.nii.gz")])
+        err = capsys.readouterr().err
+        assert code == 65, err
+        assert "flat.nii.gz" in err and str(shape) in err and "several slices in each direction" in err
+        assert "4D" not in err and "extract one volume" not in err
+
+
+def test_each_input_file_is_decoded_once(volumes, grid_ckpt, monkeypatch):
+    """The target and every context file are read (decoded) once, whatever the geometry path;
+    the network still gets each context pair only when its chunk runs."""
+    import nibabel.arrayproxy
+
+    tmp_path, target, images, labels, _ = volumes
+    reads = []
+    real = nibabel.arrayproxy.ArrayProxy.__array__
+
+    def counting(self, *args, **kwargs):
+        reads.append(str(self.file_like))
+        return real(self, *args, **kwargs)
+
+    shifted = AFFINE.copy()
+    shifted[:3, 3] = 3.0  # another grid: every volume goes through the resampler
+    moved = [_save(tmp_path / f"moved{i}.nii.gz", nb.load(p).get_fdata(), shifted) for i, p in enumerate(images)]
+    monkeypatch.setattr(nibabel.arrayproxy.ArrayProxy, "__array__", counting)
+    for context_images in (images, moved):
+        reads.clear()
+        assert main(["--model", str(grid_ckpt), "--target", target, "--context-images", *context_images,
+                     "--context-labels", *labels, "--output", str(tmp_path / "o.nii.gz"),
+                     "--precision", "float32", "--mini-context-size", "1"]) == 0
+        inputs = [target, *context_images, *labels]
+        assert sorted(r for r in reads if r in inputs) == sorted(inputs), context_images

@@ -77,14 +77,15 @@ def model_grid(brain_mask_img, shape, voxel_size_mm) -> nb.Nifti1Image:
 
 def _as_image(image):
     """(nibabel image, float32 data) from a path or an image; errors name the file."""
+    from ..model import fileio  # the one shape check (imported here: its package loads torch)
+
     if isinstance(image, (str, os.PathLike)):
         return load_volume(image)
-    data = np.asanyarray(image.dataobj, dtype=np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise BadInputError(f"expected a 3D image, got shape {data.shape}")
-    return image, data
+    try:
+        return image, fileio.as_volume(np.asanyarray(image.dataobj, dtype=np.float32),
+                                       image.get_filename() or "image")
+    except fileio.VolumeShapeError as error:
+        raise BadInputError(str(error)) from None
 
 
 def _header_only(image):

@@ -16,9 +16,14 @@ Volumes already on one grid of exactly the model's shape and voxel size (or, for
 records no grid, of any shape divisible by its divisor) are used as they are. The prediction
 is brought back onto the target's own grid (linear interpolation of the probabilities) and
 written with the target's header. Images are normalised (0.5-99.5 percentile clip, min-max to
-[0, 1]). Labels are used as given (masks in {0, 1}), or ``--dseg-label NAME`` /
-``--label-value N`` pick structures out of label maps: each flag is one structure; the output is
-then a label map with those values (the most probable structure above 0.5 per voxel).
+[0, 1]). Labels are used as given (masks in [0, 1]; for ``--task seg`` a label map with other
+values is refused, exit 65), or ``--dseg-label NAME|N`` / ``--label-value N`` pick structures
+out of label maps: each flag is one structure; the output is then a label map with those values
+(the most probable structure above 0.5 per voxel).
+
+Every input file is decoded once, before any network work: checked (one 3D volume with several
+slices in each direction, finite; labels as above), brought onto the model grid and, for the
+contexts, kept in uncompressed temporary files that the predictor reads pair by pair.
 
 Exit codes: 0 ok, 1 unexpected failure, 64 usage error, 65 bad input data, 66 missing input,
 73 cannot write output.
@@ -44,18 +49,24 @@ from .options import ExitCode64Parser, add_inference_options, inference_settings
 
 
 class ContextFiles:
-    """Context volumes read from their files when the predictor reaches their pair, so that
-    memory stays flat in the number of contexts. Images are normalised; labels as given."""
+    """Context volumes on the model grid, each kept in an uncompressed ``.npy`` file of a
+    temporary folder and read back when the predictor reaches its pair: every input file is
+    decoded once (before any work, where it is checked) and memory stays flat in the number
+    of contexts."""
 
-    def __init__(self, paths, labels: bool):
-        self.paths, self.labels = [str(p) for p in paths], labels
+    def __init__(self, folder: Path, name: str):
+        self.folder, self.name, self.paths = Path(folder), name, []
+
+    def append(self, volume: np.ndarray):
+        path = self.folder / f"{self.name}{len(self.paths)}.npy"
+        np.save(path, np.asarray(volume, dtype=np.float32))
+        self.paths.append(path)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        _, data = load_volume(self.paths[index])
-        return data.astype(np.float32) if self.labels else normalise_intensity(data)
+        return np.load(self.paths[index])
 
 
 def build_parser() -> ExitCode64Parser:
@@ -80,8 +91,9 @@ def build_parser() -> ExitCode64Parser:
     labels = parser.add_argument_group(
         "Structures", "Pick structures out of label maps (each flag is one structure; the "
                       "default uses the labels as given)")
-    labels.add_argument("--dseg-label", action="append", metavar="NAME",
-                        help="a structure by its name in the dseg table (repeatable)")
+    labels.add_argument("--dseg-label", action="append", metavar="NAME|N",
+                        help="a structure by its name in the dseg table, or by its value N in "
+                             "the label maps (repeatable)")
     labels.add_argument("--label-value", action="append", type=int, metavar="N",
                         help="a structure by its value in the label maps (repeatable)")
     labels.add_argument("--dseg-tsv", type=Path, metavar="FILE",
@@ -102,23 +114,45 @@ def build_parser() -> ExitCode64Parser:
 
 
 def _structures(args) -> Optional[List[Tuple[str, int]]]:
-    """``[(name, label value)]`` picked by --dseg-label, then --label-value; None: as given."""
-    picked = []
-    if args.dseg_label:
-        from ..context_set import read_dseg_table
+    """``[(name, label value)]`` picked by --dseg-label (a name in the dseg table, or a value),
+    then --label-value; None: the labels as given."""
+    picked, table_path, table = [], None, None
+    for name in args.dseg_label or []:
+        if name.strip().isdigit():
+            picked.append((f"label-{int(name)}", int(name)))
+            continue
+        if table is None:
+            from ..context_set import read_dseg_table
 
-        table_path = args.dseg_tsv or _find_dseg_table(args.context_labels[0])
-        table = read_dseg_table(table_path)
-        for name in args.dseg_label:
-            if name not in table:
-                raise BadInputError(f"{table_path}: no structure {name!r}; names there: "
-                                    f"{', '.join(sorted(table, key=table.get)[:20])}")
-            picked.append((name, table[name]))
+            table_path = args.dseg_tsv or _find_dseg_table(args.context_labels[0])
+            table = read_dseg_table(table_path)
+        if name not in table:
+            raise BadInputError(f"{table_path}: no structure {name!r}; names there: "
+                                f"{', '.join(sorted(table, key=table.get)[:20])}")
+        picked.append((name, table[name]))
     picked += [(f"label-{v}", int(v)) for v in args.label_value or []]
     if picked and args.task == "gen":
         raise UsageError("--dseg-label/--label-value pick structures to segment; they do not go "
                          "with --task gen")
     return picked or None
+
+
+#: how far outside [0, 1] a mask may stray (rounding of an interpolated mask) and stay a mask
+MASK_TOLERANCE = 1e-3
+
+
+def _check_mask(path: Path, data: np.ndarray):
+    """Labels used as given must be masks (values in [0, 1]): a label map needs its structure
+    picked, else the network would read every label above 1 as a mask value."""
+    if data.size and data.min() >= -MASK_TOLERANCE and data.max() <= 1 + MASK_TOLERANCE:
+        return
+    found = np.unique(np.rint(data)).astype(np.int64)
+    listing = ", ".join(str(v) for v in found[:12]) + (
+        f", ... ({found.size} labels)" if found.size > 12 else "")
+    example = next((v for v in found if v > 1), found[-1])
+    raise BadInputError(f"{path}: a label map with labels {listing}, not a mask of 0 and 1; pick "
+                        f"the structure to segment with --dseg-label N (e.g. --dseg-label "
+                        f"{example}; or its name in the dseg table)")
 
 
 def _find_dseg_table(label: Path) -> Path:
@@ -160,31 +194,26 @@ def _usable_as_given(images, shape, voxel: float, recorded: bool, divisor: int) 
     return not any(s % divisor for s in first.shape[:3])
 
 
-def _check_inputs(args) -> List[nb.Nifti1Image]:
-    """Every file read once before any work (3D, finite); returns the images' headers."""
-    if len(args.context_images) != len(args.context_labels):
-        raise UsageError(
-            f"{len(args.context_images)} context images but {len(args.context_labels)} context "
-            "labels: give one label volume per context image, in the same order")
-    headers = []
-    for path in [args.target, *args.context_images, *args.context_labels]:
-        img, data = load_volume(path)
-        headers.append(img)
-        del data
-    return headers
+def _header(path: Path) -> nb.Nifti1Image:
+    """The image without its voxels (nibabel reads only the header); a file it cannot open is
+    reported by :func:`load_volume` (exit 65/66, naming the file and the fix)."""
+    try:
+        return nb.load(str(path))
+    except Exception:
+        load_volume(path)
+        raise
 
 
-def _pick(label: Path, value: Optional[int], out: Path) -> Path:
-    """The label map as given (value None) or its structure ``value`` as a float32 mask."""
-    if value is None:
-        return label
-    img, data = load_volume(label)
-    return write_nifti_atomic((np.rint(data) == value).astype(np.float32), img, out)
+def _in_memory(img, data: np.ndarray) -> nb.Nifti1Image:
+    """Decoded voxels with their image's geometry: handed to the geometry code, which then
+    reads no file."""
+    return nb.Nifti1Image(data, img.affine)
 
 
 class OnModelGrid:
-    """The volumes on the model grid, written into ``folder``; :meth:`back` maps a prediction
-    back onto the target's grid."""
+    """Volumes (in memory) brought onto the model grid through the one resampler, its files in
+    ``folder`` (uncompressed: written and read once); :meth:`back` maps a prediction back onto
+    the target's grid."""
 
     def __init__(self, args, shape, voxel, template, folder: Path):
         self.args, self.shape, self.voxel, self.folder = args, shape, voxel, folder
@@ -199,48 +228,58 @@ class OnModelGrid:
 
         files = resolve_template_files(self.args.template or template or DEFAULT_TEMPLATE,
                                        private_home=self.folder / "templateflow")
-        self.template_t1w = str(files["t1w"])
-        self.template_grid = self.folder / "template_grid.nii.gz"
-        nb.save(model_grid(nb.load(str(files["brain_mask"])), self.shape, self.voxel),
-                str(self.template_grid))
+        self.template_t1w = _in_memory(*load_volume(files["t1w"]))  # decoded once for all
+        self.template_grid = model_grid(nb.load(str(files["brain_mask"])), self.shape, self.voxel)
 
-    def image(self, path: Path, name: str):
-        """``(image on the grid, its reference grid, transform or None)``."""
-        from ..workflows.geometry import model_grid, register_affine, resample
+    def image(self, image: nb.Nifti1Image, name: str):
+        """``(its data on the grid, the grid image, transform or None)``."""
+        from ..workflows.geometry import model_grid, register_affine
 
         if self.args.register:
-            xfm = register_affine(path, self.template_t1w, self.folder / name,
+            xfm = register_affine(image, self.template_t1w, self.folder / name,
                                   sloppy=self.args.sloppy)["forward"]
             reference = self.template_grid
-        else:
-            img = nb.load(str(path))
-            fov = nb.Nifti1Image(np.ones(img.shape[:3], np.uint8), img.affine)
-            reference = self.folder / f"{name}_grid.nii.gz"
-            nb.save(model_grid(fov, self.shape, self.voxel), str(reference))
-            xfm = None
-        out = resample(path, reference, xfm, self.folder / f"{name}_image.nii.gz")
-        return out, reference, xfm
+        else:  # the field of view as a 2^3 mask whose corners are the image's corner voxels
+            corners = image.affine @ np.diag([*(np.asarray(image.shape[:3]) - 1), 1.0])
+            fov = nb.Nifti1Image(np.ones((2, 2, 2), np.uint8), corners)
+            reference, xfm = model_grid(fov, self.shape, self.voxel), None
+        return self.resample(image, reference, xfm, f"{name}_image"), reference, xfm
 
-    def labels(self, path: Path, name: str, reference, xfm, values) -> List[Path]:
+    def resample(self, image, reference, xfm, name: str, invert: bool = False) -> np.ndarray:
+        """``image`` (in memory) on ``reference``'s grid (linear), as float32 data."""
         from ..workflows.geometry import resample
 
-        return [resample(_pick(path, value, self.folder / f"{name}_pick{k}.nii.gz"), reference,
-                         xfm, self.folder / f"{name}_label{k}.nii.gz")
-                for k, value in enumerate(values)]
+        out = resample(image, reference, xfm, self.folder / f"{name}.nii", invert=invert)
+        return np.array(nb.load(str(out)).dataobj, dtype=np.float32)
 
-    def back(self, data: np.ndarray, reference, target: Path, xfm) -> np.ndarray:
+    def back(self, data: np.ndarray, reference, target, xfm) -> np.ndarray:
         """``[K,D,H,W]`` on the grid -> ``[K,...]`` on the target's grid (linear)."""
-        from ..workflows.geometry import resample
+        return np.stack([self.resample(_in_memory(reference, volume.astype(np.float32)), target,
+                                       xfm, f"out{k}", invert=xfm is not None)
+                         for k, volume in enumerate(data)])
 
-        ref_img = nb.load(str(reference))
-        native = []
-        for k, volume in enumerate(data):
-            grid_file = write_nifti_atomic(volume.astype(np.float32), ref_img,
-                                           self.folder / f"out{k}_grid.nii.gz")
-            out = resample(grid_file, target, xfm, self.folder / f"out{k}_native.nii.gz",
-                           invert=xfm is not None)
-            native.append(load_volume(out)[1])
-        return np.stack(native)
+
+def _read_contexts(args, values, grid: Optional[OnModelGrid], folder: Path):
+    """Each context pair read once, checked, brought onto the model grid (images normalised,
+    one mask per structure) and kept in files -> ``(images, [labels per structure])``."""
+    images = ContextFiles(folder, "image")
+    labels = [ContextFiles(folder, f"label{k}_") for k in range(len(values))]
+    for index, (image_path, label_path) in enumerate(zip(args.context_images,
+                                                         args.context_labels)):
+        img, data = load_volume(image_path)
+        label_img, label = load_volume(label_path)
+        if values == [None] and args.task == "seg":
+            _check_mask(label_path, label)
+        masks = [label] if values == [None] else [(np.rint(label) == v).astype(np.float32)
+                                                  for v in values]
+        if grid is not None:
+            data, reference, xfm = grid.image(_in_memory(img, data), f"context{index}")
+            masks = [grid.resample(_in_memory(label_img, mask), reference, xfm,
+                                   f"context{index}_label{k}") for k, mask in enumerate(masks)]
+        images.append(normalise_intensity(data))
+        for k, mask in enumerate(masks):
+            labels[k].append(mask)
+    return images, labels
 
 
 def run(args) -> int:
@@ -249,39 +288,31 @@ def run(args) -> int:
     from .participant import resolve_model
 
     settings = inference_settings(args)
+    if len(args.context_images) != len(args.context_labels):
+        raise UsageError(
+            f"{len(args.context_images)} context images but {len(args.context_labels)} context "
+            "labels: give one label volume per context image, in the same order")
     structures = _structures(args)
-    headers = _check_inputs(args)
-    model = load_checkpoint(resolve_model(args.model))
-    target_img = headers[0]
-    shape, voxel, template, recorded = _model_grid_spec(model, target_img)
     values = [v for _, v in structures] if structures else [None]
+    target_img, target = load_volume(args.target)
+    headers = [target_img, *map(_header, [*args.context_images, *args.context_labels])]
+    model = load_checkpoint(resolve_model(args.model))
+    shape, voxel, template, recorded = _model_grid_spec(model, target_img)
     with tempfile.TemporaryDirectory(prefix="neuroverse3d-predict.") as tmp:
         folder = Path(tmp)
-        if not args.register and _usable_as_given(headers, shape, voxel, recorded,
-                                                  model.divisor):
-            grid, images, labels = None, list(args.context_images), [list(args.context_labels)]
-            target_file, reference, target_xfm = args.target, None, None
-        else:
+        grid = None
+        if args.register or not _usable_as_given(headers, shape, voxel, recorded, model.divisor):
             grid = OnModelGrid(args, shape, voxel, template, folder)
-            target_file, reference, target_xfm = grid.image(args.target, "target")
-            images, labels = [], [[] for _ in values]
-            for index, (image, label) in enumerate(zip(args.context_images, args.context_labels)):
-                on_grid, ref, xfm = grid.image(image, f"context{index}")
-                images.append(on_grid)
-                for k, path in enumerate(grid.labels(label, f"context{index}", ref, xfm, values)):
-                    labels[k].append(path)
-        if structures is not None and grid is None:
-            labels = [[_pick(p, v, folder / f"pick{k}_{i}.nii.gz")
-                       for i, p in enumerate(args.context_labels)] for k, v in enumerate(values)]
-        _, target = load_volume(target_file)
+        images, labels = _read_contexts(args, values, grid, folder)
+        reference = xfm = None
+        if grid is not None:
+            target, reference, xfm = grid.image(_in_memory(target_img, target), "target")
         predictor = Predictor(model, **settings)
-        out = predictor.predict(torch.from_numpy(normalise_intensity(target)),
-                                ContextFiles(images, labels=False),
-                                [ContextFiles(paths, labels=True) for paths in labels]
-                                if len(labels) > 1 else ContextFiles(labels[0], labels=True))
+        out = predictor.predict(torch.from_numpy(normalise_intensity(target)), images,
+                                labels if len(labels) > 1 else labels[0])
         result = out.numpy().reshape((len(values),) + tuple(target.shape))
         if grid is not None:
-            result = grid.back(result, reference, args.target, target_xfm)
+            result = grid.back(result, reference, target_img, xfm)
     write_nifti_atomic(_finish(result, args.task, values), target_img, args.output)
     print(f"wrote {args.output}")
     return EXIT_OK
