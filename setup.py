@@ -46,8 +46,9 @@ setup(
         "nilearn>=0.10",
         "matplotlib",
         "jinja2>=3",
+        "bids-validator-deno",  # the app validates its input dataset (--skip-bids-validation)
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "bids-validator-deno"]},
+    extras_require={"test": ["pytest", "pytest-timeout"]},
     entry_points={
         "console_scripts": [
             "neuroverse3d=neuroverse_bids.cli.run:main",
