@@ -55,13 +55,14 @@ def _env(demo):
 
 # --------------------------------------------------------------------------- --help is light
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["bids"], ["--nprocs", "x"]])
-def test_help_version_and_usage_errors_import_nothing_heavy(argv):
+def test_help_version_and_usage_errors_import_nothing_heavy(argv, tmp_path):
     code = ("import sys\nfrom neuroverse_bids.cli.run import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    # outside the source tree, so that the installed package is imported
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
-    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-500:]
+                            timeout=60, cwd=tmp_path)
+    assert result.stdout.strip().splitlines()[-1:] == ["[]"], result.stdout[-500:] + result.stderr[-1500:]
 
 
 def test_the_parsers_choices_are_the_registries():
