@@ -106,7 +106,8 @@ def _run_app(demo, out, work, *extra):
 @pytest.fixture(scope="session")
 def app_run(demo_dataset, bundled_grid, tmp_path_factory):
     """One participant run with the bundled model: ``out``, ``work``, ``demo``, the input
-    dataset's ``before`` snapshot, ``grid``, ``first_seconds``; ``run`` and ``snapshot`` to
+    dataset's ``before`` snapshot, ``grid``, ``first_seconds``, ``first_outputs`` (what the
+    run wrote: relative paths, before other tests add to ``out``); ``run`` and ``snapshot`` to
     run again and compare. Tests that change ``out`` work on a copy (it is shared)."""
     root = tmp_path_factory.mktemp("app")
     out, work = root / "out", root / "work"
@@ -115,4 +116,5 @@ def app_run(demo_dataset, bundled_grid, tmp_path_factory):
     assert first.returncode == 0, first.stderr[-3000:]
     return {"out": out, "work": work, "demo": demo_dataset, "before": before,
             "grid": bundled_grid, "first_seconds": first_seconds, "run": _run_app,
-            "snapshot": _snapshot}
+            "snapshot": _snapshot, "first_outputs": sorted(
+                str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())}

@@ -31,8 +31,17 @@ def _messages(stderr: str):
 
 
 def _derivatives(folder: Path):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() and not {"logs", "cache"} & set(p.relative_to(folder).parts))
+    return _outputs(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _outputs(paths):
+    """Relative output paths, without the run's logs and the context cache."""
+    return sorted(p for p in paths if not {"logs", "cache"} & set(Path(p).parts))
+
+
+def _first_run(app_run):
+    """What the shared first participant run wrote (other tests add group-level files later)."""
+    return _outputs(app_run["first_outputs"])
 
 
 def _assert_no_partial_files(folder: Path):
@@ -140,7 +149,7 @@ def test_a_new_output_folder_reuses_the_work_folder(app_run, tmp_path):
     out = tmp_path / "out"
     result, seconds = app_run["run"](app_run["demo"], out, app_run["work"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _derivatives(out) == _derivatives(app_run["out"])
+    assert _derivatives(out) == _first_run(app_run)
     for name in _derivatives(out):
         if name.endswith(".nii.gz"):
             new, old = nb.load(str(out / name)), nb.load(str(app_run["out"] / name))
@@ -185,7 +194,7 @@ def test_a_full_output_disk_exits_73_with_one_line_and_resumes(app_run, small_di
     remount("200m")  # space freed: the same command finishes
     again = subprocess.run(command, capture_output=True, text=True, env=_env(demo), timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert _derivatives(out) == _derivatives(app_run["out"])
+    assert _derivatives(out) == _first_run(app_run)
 
 
 def _interrupt(command, env, signum) -> (subprocess.CompletedProcess, float):
@@ -230,4 +239,4 @@ def test_sigint_and_sigterm_stop_with_one_line_and_the_same_command_resumes(app_
     finished = subprocess.run(resume, shell=True, capture_output=True, text=True, env=_env(demo),
                               timeout=1200)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert _derivatives(out) == _derivatives(app_run["out"])
+    assert _derivatives(out) == _first_run(app_run)
