@@ -14,6 +14,10 @@ class VolumeShapeError(ValueError):
     """A NIfTI image that is not one 3D volume."""
 
 
+#: the names :func:`write_atomic` gives its temporary files (``.<name>.<random>.tmp<ext>``)
+ATOMIC_TEMPORARY_GLOB = ".*.tmp*"
+
+
 def write_atomic(path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a hidden temporary file beside ``path``, then rename it to ``path``.
 

@@ -111,6 +111,14 @@ def rotation_matrix(angles_rad: Sequence[float]) -> Tensor:
     return mats[0] @ mats[1] @ mats[2]
 
 
+def centred_affine_coords(shape: Sequence[int], matrix: Tensor) -> Tensor:
+    """Sampling coordinates ``[3,D,H,W]`` (voxels) of the 3x3 ``matrix`` applied about the
+    grid's centre."""
+    grid = identity_coords(shape)
+    centre = torch.tensor([(s - 1) / 2 for s in shape]).view(3, 1, 1, 1)
+    return torch.einsum("ij,jdhw->idhw", matrix, grid - centre) + centre
+
+
 def random_spatial_transform(shape: Sequence[int], generator: torch.Generator,
                              cfg: AugmentConfig):
     """Draw one transform: (sampling coords ``[3,D,H,W]`` or None, axes to flip)."""
@@ -126,9 +134,7 @@ def random_spatial_transform(shape: Sequence[int], generator: torch.Generator,
                   for _ in range(3)]
         matrix = rotation_matrix(angles) @ matrix
     if not torch.equal(matrix, torch.eye(3)) or offset.any():
-        grid = identity_coords(shape)
-        centre = torch.tensor([(s - 1) / 2 for s in shape]).view(3, 1, 1, 1)
-        coords = torch.einsum("ij,jdhw->idhw", matrix, grid - centre) + centre + offset.view(3, 1, 1, 1)
+        coords = centred_affine_coords(shape, matrix) + offset.view(3, 1, 1, 1)
     if _flip(generator, cfg.p_elastic):
         displacement = random_smooth_deformation(shape, generator, cfg.elastic_voxels, cfg.elastic_points)
         coords = (identity_coords(shape) if coords is None else coords) + displacement

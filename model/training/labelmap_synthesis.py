@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..intensity import normalise_intensity
-from .augment import identity_coords, random_smooth_deformation, rotation_matrix, warp
+from .augment import (centred_affine_coords, identity_coords, random_smooth_deformation,
+                      rotation_matrix, warp)
 from .synthesis import SEGMENTATION, bias_field, make_pair, uniform
 
 # ------------------------------------------------------------------------- label table
@@ -208,13 +209,11 @@ def deform_labels(labels: Tensor, generator: torch.Generator, cfg: LabelmapConfi
     """A random pose (scale, rotation about the centre) plus a smooth displacement of an int
     label map ``[D, H, W]``, nearest neighbour; same dtype and shape."""
     shape = labels.shape
-    grid = identity_coords(shape)
-    centre = torch.tensor([(s - 1) / 2 for s in shape]).view(3, 1, 1, 1)
     scale = torch.diag(torch.tensor([uniform(generator, *cfg.scale) for _ in range(3)]))
     angles = [math.radians(uniform(generator, -cfg.rotation_deg, cfg.rotation_deg)) for _ in range(3)]
-    moved = torch.einsum("ij,jdhw->idhw", rotation_matrix(angles) @ scale, grid - centre) + centre
+    moved = centred_affine_coords(shape, rotation_matrix(angles) @ scale)
     smooth = random_smooth_deformation(shape, generator, cfg.deform_voxels, cfg.deform_points)
-    out = warp(labels.float(), moved - grid + smooth, "nearest")
+    out = warp(labels.float(), moved - identity_coords(shape) + smooth, "nearest")
     return out.round().to(labels.dtype)
 
 

@@ -224,13 +224,14 @@ def resume_command(argv: List[str]) -> str:
 
 
 def remove_temporaries(output_dir: Path, labels, since: float):
-    """Remove the hidden temporary files of atomic writes (``.<name>.<random>.tmp<ext>``) that
-    this run's killed workers left in its participants' output folders (another job's
-    participants are not touched)."""
+    """Remove the hidden temporary files of atomic writes that this run's killed workers left
+    in its participants' output folders (another job's participants are not touched)."""
+    from ..model.fileio import ATOMIC_TEMPORARY_GLOB
+
     folders = ([output_dir / f"sub-{label}" for label in labels] if labels
                else list(output_dir.glob("sub-*")))
     for folder in folders:
-        for path in folder.rglob(".*.tmp*"):
+        for path in folder.rglob(ATOMIC_TEMPORARY_GLOB):
             try:
                 if path.is_file() and path.stat().st_mtime >= since - 1:
                     path.unlink()
