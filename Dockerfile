@@ -77,7 +77,7 @@ COPY neuroverse_bids/ /src/neuroverse_bids/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation --no-index /src \
  && pip check \
  && rm -rf /src && find /tmp /root -mindepth 1 -delete \
- && python -c "import neuroverse_bids.cli.participant as p; assert p.BUNDLED_MODEL.is_file()" \
+ && python -c "from neuroverse_bids.model import default_model_path; default_model_path()" \
  && neuroverse3d --version && bids-validator-deno --version
 
 # TemplateFlow home, read-only at run time: MNI152NLin2009aSym (the bundled model's space) made

@@ -30,7 +30,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"neuroverse_bids": ["data/*", "data/**/*"],
+    package_data={"neuroverse_bids.model": ["pretrained_weights/*"],
                   "neuroverse_bids.workflows.reports": ["templates/*.j2"]},
     include_package_data=True,
     install_requires=[

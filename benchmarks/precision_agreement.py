@@ -30,7 +30,8 @@ def measure(model_path: Path, manifest_path: Path, contexts: int = 8, targets: i
     """One row per (dataset, task, structure, target): ``metric`` dice or psnr, ``value``."""
     from neuroverse_bids.anatomy.sources import structure_groups
     from neuroverse_bids.model import load_checkpoint
-    from neuroverse_bids.model.training.agreement import compare, float32_and
+    from neuroverse_bids.model.predictor import float32_and
+    from neuroverse_bids.model.training.agreement import compare
     from neuroverse_bids.model.training.manifest import load_manifest
     from neuroverse_bids.model.training.sampling import VolumeLoader
     from neuroverse_bids.model.training.synthesis import SEGMENTATION, make_pair
@@ -98,9 +99,9 @@ def main(argv=None) -> int:
                         help="write the worst figures into the model file's metadata "
                              "(precision_agreement.bfloat16; tensors unchanged)")
     args = parser.parse_args(argv)
-    from neuroverse_bids.cli.participant import BUNDLED_MODEL
+    from neuroverse_bids.model.pretrained import default_model_path
 
-    model = args.model or BUNDLED_MODEL
+    model = args.model or default_model_path()
     rows = measure(model, args.manifest, args.contexts, args.targets, args.tasks)
     table = summary(rows)
     lines = ["| dataset | task | structure | metric | worst | mean | n |", "|" + " --- |" * 7]

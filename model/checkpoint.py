@@ -20,7 +20,6 @@ Python type is refused, naming the type, and nothing from it is executed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pickle
 import re
@@ -31,6 +30,10 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .exit_codes import ExitCode
+from .hashing import file_sha256
+from .spaces import DEFAULT_TEMPLATE
+
 from .fileio import write_atomic
 from .network import Neuroverse3D, NetworkConfig
 
@@ -40,7 +43,7 @@ METADATA_KEY = "neuroverse3d"
 RELEASED_PREFIX = "net."
 
 #: The released model's input grid (our choice of documentation: 128^3 voxels at 1.5 mm in MNI).
-RELEASED_GRID = {"shape": [128, 128, 128], "voxel_size_mm": 1.5, "template": "MNI152NLin2009cAsym"}
+RELEASED_GRID = {"shape": [128, 128, 128], "voxel_size_mm": 1.5, "template": DEFAULT_TEMPLATE}
 
 #: Python types a released checkpoint may contain besides tensors and plain containers.
 SAFE_GLOBALS = [argparse.Namespace]
@@ -49,22 +52,14 @@ SAFE_GLOBALS = [argparse.Namespace]
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the fix.
 
-    ``exit_code`` follows sysexits: 65 (bad data) here, 66 when the file is missing.
+    ``exit_code``: bad input data here, missing input for a file that is not there.
     """
 
-    exit_code = 65
+    exit_code = ExitCode.BAD_INPUT
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    exit_code = 66
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    exit_code = ExitCode.MISSING_INPUT
 
 
 # ------------------------------------------------------------------------------ released

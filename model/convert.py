@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .checkpoint import RELEASED_GRID, CheckpointError, convert_released
+from .exit_codes import ExitCode
 
 
 def main(argv=None) -> int:
@@ -25,9 +26,9 @@ def main(argv=None) -> int:
         out = convert_released(args.source, args.destination, grid=grid)
     except CheckpointError as error:
         print(f"neuroverse3d-convert: error: {error}", file=sys.stderr)
-        return 65
+        return error.exit_code
     print(f"wrote {out}")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,10 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .labels import THRESHOLD  # noqa: F401  (foreground, as the app's masks and the Dice)
 from .selection import select
 
-#: a segmentation output counts as foreground above this (as the app's masks and the Dice)
-THRESHOLD = 0.5
 SUMMARIES = ("disagreement", "boundary_spread")
 QC_SUMMARY = "disagreement"
 

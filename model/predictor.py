@@ -19,10 +19,11 @@ peak (traced at a tiny grid and scaled, see :meth:`Predictor.peak_bytes`) fits t
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from contextlib import nullcontext
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -32,10 +33,11 @@ from .contexts import ContextPairs
 from .engine import Engine, memory
 from .engine import precision as precision_policy
 from .capability import bfloat16_support
-from .engine.precision import (AGREEMENT_TARGETS, AUTO_TOLERANCE, PRECISIONS,  # noqa: F401
-                               native_bfloat16, recorded_shortfall, resolve_device,
-                               resolve_precision)
+from .engine.precision import (AGREEMENT_TARGETS, AUTO_TOLERANCE, native_bfloat16,  # noqa: F401
+                               precision_of,
+                               recorded_shortfall, resolve_device, resolve_precision)
 from .network import Neuroverse3D, check_spatial_size
+from .options import Precision
 
 CL = torch.channels_last_3d
 LOGGER = logging.getLogger("neuroverse3d")
@@ -43,6 +45,15 @@ LOGGER = logging.getLogger("neuroverse3d")
 #: ``auto`` mini-context size on the CPU: at most this many pairs at a time (larger chunks
 #: cost more memory and are no faster there: the convolutions already use every core)
 CPU_AUTO_MAX = 1
+
+
+def float32_and(model: Neuroverse3D, precision, device: str = "cpu",
+                mini_context_size: int = 1) -> Dict[Precision, "Predictor"]:
+    """Predictors for float32 and ``precision``, each on its own float32 copy of ``model``
+    (how a reduced precision's agreement with float32 is measured)."""
+    return {p: Predictor(copy.deepcopy(model).float(), device=device, precision=p,
+                         mini_context_size=mini_context_size)
+            for p in (Precision.FLOAT32, Precision(precision))}
 
 
 def _sync(device: torch.device):
@@ -90,8 +101,8 @@ class Predictor:
         self.timings = {}
 
     @property
-    def precision(self) -> str:
-        return str(self.dtype).replace("torch.", "")
+    def precision(self) -> Precision:
+        return precision_of(self.dtype)
 
     def _reason(self, precision: str) -> str:
         """Before ``auto``'s agreement check: what was asked and what the device offers."""
@@ -112,7 +123,8 @@ class Predictor:
                       f"targets: {', '.join(shortfall)}")
         else:
             self.reduced_precision_error = precision_policy.reduced_precision_error(
-                model, self.dtype, self.device)
+                model, self.dtype, self.device, lambda size: float32_and(
+                    model, self.precision, str(self.device), mini_context_size=size))
             if self.reduced_precision_error <= AUTO_TOLERANCE:
                 self.precision_reason += (f"; agrees with float32 on this model (relative L2 "
                                           f"{self.reduced_precision_error:.2g})")

@@ -6,7 +6,6 @@ dataset, subject or file and how to fix it, and carries the BIDS-Apps exit code.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,9 +13,11 @@ import subprocess
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from .model.hashing import text_sha256
 from .workflows.derivatives import bids_uri  # noqa: F401  (the one BIDS-URI builder)
 from .workflows.errors import (
     BadInputError,
+    ExitCode,
     MissingInputError,
     NeuroverseError,
     NothingSelectedError,
@@ -104,7 +105,7 @@ def _validator_command() -> List[str]:
     if executable is None:
         raise NeuroverseError(
             "bids-validator-deno is not installed: install it (pip install bids-validator-deno) "
-            "or pass --skip-bids-validation", exit_code=1)
+            "or pass --skip-bids-validation", exit_code=ExitCode.FAILURE)
     return [executable]
 
 
@@ -117,7 +118,7 @@ def validator_issues(dataset_dir, timeout: Optional[float] = None) -> List[dict]
                               stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise NeuroverseError(f"{dataset_dir}: cannot run bids-validator-deno ({error}); pass "
-                              "--skip-bids-validation to skip it", exit_code=1) from None
+                              "--skip-bids-validation to skip it", exit_code=ExitCode.FAILURE) from None
     try:
         report = json.loads(done.stdout)
         issues = report["issues"]["issues"]
@@ -126,7 +127,7 @@ def validator_issues(dataset_dir, timeout: Optional[float] = None) -> List[dict]
         tail = (done.stderr or done.stdout).strip()[-800:]
         raise NeuroverseError(f"{dataset_dir}: bids-validator-deno failed (exit {done.returncode}):"
                               f" {tail}; pass --skip-bids-validation to skip it",
-                              exit_code=1) from None
+                              exit_code=ExitCode.FAILURE) from None
     for issue in issues:
         message = (issue.get("issueMessage") or messages.get(issue.get("code"), "")).strip()
         issue["message"] = message.splitlines()[0] if message else ""
@@ -181,7 +182,7 @@ def load_layout(bids_dir, derivatives: Iterable = (), database_dir=None):
         if database_dir == bids_dir or bids_dir in database_dir.parents:
             raise UsageError(f"{database_dir}: the BIDS database must not be inside the input "
                              f"dataset {bids_dir}; put it in the work directory")
-        key = hashlib.sha256("\n".join([str(bids_dir), *derivatives]).encode()).hexdigest()[:12]
+        key = text_sha256("\n".join([str(bids_dir), *derivatives]), 12)
         database_path = database_dir / key
         database_path.mkdir(parents=True, exist_ok=True)
     try:

@@ -21,7 +21,6 @@ by evicting the least recently used entries that no live run holds (see
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,19 +32,12 @@ from typing import Callable, Dict, Optional
 
 from .context_cache_store import (MANIFEST, cache_lock, evict, hold, max_cache_bytes,  # noqa: F401
                                   release_entry)
+from .model.hashing import array_sha256, file_sha256, text_sha256
 from .workflows.errors import OutputError
 
 LOGGER = logging.getLogger("neuroverse3d")
 CACHE_FORMAT = 1
 POOL_FILE = "context_pool.npz"
-
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def image_digest(path) -> str:
@@ -55,15 +47,13 @@ def image_digest(path) -> str:
     import numpy as np
 
     img = nb.load(str(path))
-    digest = hashlib.sha256(np.ascontiguousarray(np.asanyarray(img.dataobj)).tobytes())
-    digest.update(np.asarray(img.affine, dtype=np.float64).tobytes())
-    return digest.hexdigest()
+    return array_sha256(np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64))
 
 
 def request_key(request: dict) -> str:
     """Content hash of a request (canonical JSON)."""
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return text_sha256(text, 20)
 
 
 def _who() -> dict:

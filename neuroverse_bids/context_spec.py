@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
 
 from .model.selection import SELECTIONS
-from .model.training.synthesis import DEGRADATIONS  # the one registry (name -> Degradation)
+from .model.degradations import DEGRADATIONS  # the one registry (name -> Degradation)
 from .workflows.errors import BadInputError, MissingInputError, UsageError
 
 DEFAULT_NUM_CONTEXTS = 8

@@ -32,11 +32,11 @@ import torch
 from . import __version__
 from .anatomy.sources import TISSUE, Atlas, atlas_on_grid, load_mni152
 from .anatomy.synth import SubjectConfig, make_subject, subject_seed
-from .model.training.synthesis import uniform
+from .model.degradations import uniform
 from .workflows.errors import OutputError, UsageError
 from .workflows.geometry import mask_bounding_box
 from .workflows.niftiio import write_nifti_atomic, write_text_atomic
-from .workflows.templates import DEMO_TEMPLATE
+from .workflows.templates import OFFLINE_TEMPLATE
 
 ORIENTATIONS = ("RAS", "LPS", "PIR", "LIA")
 CONTEXT_SPEC = {
@@ -189,7 +189,7 @@ def make_demo_dataset(out, subjects=4, seed=0, voxel_size=2.0, overwrite=False) 
     _save_json({"age": {"Description": "age (synthetic)", "Units": "year"},
                 "sex": {"Description": "sex (synthetic)", "Levels": {"M": "male", "F": "female"}}},
                bids / "participants.json")
-    _save_json({"template": DEMO_TEMPLATE, "seed": seed, "subjects": subjects,
+    _save_json({"template": OFFLINE_TEMPLATE, "seed": seed, "subjects": subjects,
                 "generator": f"neuroverse3d-demo-data {__version__}",
                 "subject_config": DEMO_SUBJECT.to_dict(),
                 "note": "template_from_subject_world maps subject world (RAS mm) to template "

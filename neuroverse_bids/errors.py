@@ -8,12 +8,10 @@ import sys
 import threading
 from contextlib import contextmanager
 
-from .workflows.errors import (  # noqa: F401
-    DISK_FULL_ERRNOS, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM,
-    NeuroverseError, disk_full_error)
+from .workflows.errors import DISK_FULL_ERRNOS, ExitCode, NeuroverseError, disk_full_error
 
-__all__ = ["EXIT_OK", "EXIT_LOCKED", "EXIT_SIGINT", "EXIT_SIGTERM", "NeuroverseError",
-           "RunInterrupted", "RunStopped", "stop_on_signals", "run_with_exit_codes"]
+__all__ = ["ExitCode", "NeuroverseError", "RunInterrupted", "RunStopped", "stop_on_signals",
+           "run_with_exit_codes"]
 
 #: what the one line calls each signal
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)",
@@ -30,7 +28,7 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-        self.exit_code = 128 + signum
+        self.exit_code = 128 + signum  # ExitCode.SIGINT or ExitCode.SIGTERM
 
 
 class RunStopped(NeuroverseError):
@@ -64,7 +62,7 @@ def stop_on_signals():
 
 
 def _interrupted_code(error: KeyboardInterrupt) -> int:
-    return getattr(error, "exit_code", EXIT_SIGINT)
+    return getattr(error, "exit_code", ExitCode.SIGINT)
 
 
 def run_with_exit_codes(program: str, function, *args) -> int:
@@ -100,4 +98,4 @@ def _unexpected(program: str, error: BaseException) -> int:
 
     traceback.print_exc()
     print(f"{program}: error: unexpected failure ({error!r})", file=sys.stderr)
-    return EXIT_FAILURE
+    return ExitCode.FAILURE

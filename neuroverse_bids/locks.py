@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import EXIT_LOCKED
+from .errors import ExitCode
 from .workflows.errors import NeuroverseError, OutputError
 
 LOGGER = logging.getLogger("neuroverse3d")
@@ -31,7 +31,7 @@ LOCK_NAME = "neuroverse3d.lock"
 
 
 class WorkDirLockedError(NeuroverseError):
-    exit_code = EXIT_LOCKED
+    exit_code = ExitCode.LOCKED
 
 
 def _process_start(pid: int) -> Optional[str]:

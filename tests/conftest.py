@@ -77,11 +77,11 @@ def templateflow_home(demo_dataset) -> Path:
 @pytest.fixture(scope="session")
 def bundled_grid():
     """The bundled default model's input grid shape (it lives in MNI152NLin2009aSym)."""
-    from neuroverse_bids.cli.participant import BUNDLED_MODEL
+    from neuroverse_bids.model.pretrained import default_model_path
     from neuroverse_bids.model import load_checkpoint
 
-    assert BUNDLED_MODEL.is_file(), f"the default model is missing: {BUNDLED_MODEL}"
-    grid = load_checkpoint(BUNDLED_MODEL).metadata["grid"]
+    assert default_model_path().is_file(), f"the default model is missing: {default_model_path()}"
+    grid = load_checkpoint(default_model_path()).metadata["grid"]
     assert grid["template"] == "MNI152NLin2009aSym"
     return tuple(grid["shape"])
 

@@ -200,8 +200,7 @@ def test_boutiques_descriptor_is_the_parser(capsys):
 
     from neuroverse_bids.cli.boutiques import NOT_INPUTS
     from neuroverse_bids.cli.parser import build_parser
-    from neuroverse_bids.errors import EXIT_LOCKED
-    from neuroverse_bids.workflows import errors
+    from neuroverse_bids.errors import ExitCode
 
     with pytest.raises(SystemExit) as info:
         main(["--boutiques"])
@@ -242,7 +241,7 @@ def test_boutiques_descriptor_is_the_parser(capsys):
         expected = 1 if isinstance(actions[dest], argparse._CountAction) else value
         assert plain(args[dest]) == plain(expected), dest
     codes = {e["code"] for e in descriptor["error-codes"]}
-    assert codes == {errors.EXIT_FAILURE, errors.EXIT_VALIDATION, errors.EXIT_NOTHING_SELECTED,
-                     errors.EXIT_USAGE, errors.EXIT_BAD_INPUT, errors.EXIT_MISSING_INPUT,
-                     errors.EXIT_CANNOT_CREATE, EXIT_LOCKED, errors.EXIT_SIGINT,
-                     errors.EXIT_SIGTERM}
+    assert codes == {ExitCode.FAILURE, ExitCode.VALIDATION, ExitCode.NOTHING_SELECTED,
+                     ExitCode.USAGE, ExitCode.BAD_INPUT, ExitCode.MISSING_INPUT,
+                     ExitCode.CANNOT_CREATE, ExitCode.LOCKED, ExitCode.SIGINT,
+                     ExitCode.SIGTERM}

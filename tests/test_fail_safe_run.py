@@ -78,7 +78,7 @@ def test_the_parsers_choices_are_the_registries():
     from neuroverse_bids import context_spec
     from neuroverse_bids.cli import parser
     from neuroverse_bids.model.selection import SELECTIONS
-    from neuroverse_bids.model.training.synthesis import DEGRADATIONS
+    from neuroverse_bids.model.degradations import DEGRADATIONS
 
     assert parser.SELECTIONS == tuple(SELECTIONS)
     assert parser.DEGRADATIONS == tuple(DEGRADATIONS)

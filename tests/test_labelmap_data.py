@@ -11,7 +11,7 @@ import torch
 
 from neuroverse_bids.anatomy.labelmaps import (block_majority, build_labelmap_data,
                                                find_label_maps, main as build_main)
-from neuroverse_bids.model.checkpoint import file_sha256
+from neuroverse_bids.model.hashing import file_sha256
 from neuroverse_bids.model.training.augment import AugmentConfig
 from neuroverse_bids.model.training.cli import main as train_main
 from neuroverse_bids.model.training.labelmap_synthesis import (

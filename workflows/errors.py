@@ -1,9 +1,6 @@
-"""Errors with the BIDS-App exit code they map to.
+"""Errors with the exit code they map to (:class:`~..model.exit_codes.ExitCode`).
 
-Codes follow the BIDS-Apps execution spec and sysexits: 1 failure, 16 validation failed,
-18 filters selected nothing, 64 usage, 65 bad input data, 66 missing input, 73 cannot create
-output (a full disk included), 75 work folder in use; 130/143 a run stopped by SIGINT/SIGTERM
-(the shell's 128 + signal number). Every message names the offending file and how to fix it.
+Every message names the offending file and how to fix it.
 """
 from __future__ import annotations
 
@@ -12,19 +9,8 @@ import os
 import shutil
 from typing import Optional
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_VALIDATION = 16
-EXIT_NOTHING_SELECTED = 18
-EXIT_USAGE = 64
-EXIT_BAD_INPUT = 65
-EXIT_MISSING_INPUT = 66
-EXIT_CANNOT_CREATE = 73
-#: the work folder is held by another live run (sysexits' EX_TEMPFAIL: retry later)
-EXIT_LOCKED = 75
-#: stopped by Ctrl-C (SIGINT) / by SIGTERM (SLURM's time limit, ``kill``): 128 + signal number
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
+from ..model.exit_codes import ExitCode  # noqa: F401  (re-exported for the app)
+
 #: errno values of a full disk or an exhausted quota
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -32,7 +18,7 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 class NeuroverseError(Exception):
     """An error the user can fix; ``exit_code`` is what the command line returns."""
 
-    exit_code = EXIT_FAILURE
+    exit_code = ExitCode.FAILURE
 
     def __init__(self, message: str, exit_code: int = None):
         super().__init__(message)
@@ -41,27 +27,27 @@ class NeuroverseError(Exception):
 
 
 class UsageError(NeuroverseError):
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
 
 class BadInputError(NeuroverseError):
-    exit_code = EXIT_BAD_INPUT
+    exit_code = ExitCode.BAD_INPUT
 
 
 class MissingInputError(NeuroverseError):
-    exit_code = EXIT_MISSING_INPUT
+    exit_code = ExitCode.MISSING_INPUT
 
 
 class OutputError(NeuroverseError):
-    exit_code = EXIT_CANNOT_CREATE
+    exit_code = ExitCode.CANNOT_CREATE
 
 
 class ValidationError(NeuroverseError):
-    exit_code = EXIT_VALIDATION
+    exit_code = ExitCode.VALIDATION
 
 
 class NothingSelectedError(NeuroverseError):
-    exit_code = EXIT_NOTHING_SELECTED
+    exit_code = ExitCode.NOTHING_SELECTED
 
 
 class DiskFullError(OutputError):

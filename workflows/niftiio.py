@@ -15,6 +15,11 @@ from .errors import (DISK_FULL_ERRNOS, BadInputError, MissingInputError, OutputE
                      disk_full_error)
 
 
+def node_file(runtime, name: str) -> str:
+    """``name`` in the working folder of the Nipype node that ``runtime`` belongs to."""
+    return str(Path(runtime.cwd) / name)
+
+
 def load_volume(path, dtype=None):
     """Load a 3D NIfTI -> (image, data array, float32 by default) with
     :func:`model.fileio.read_volume`; errors name the file and the fix.

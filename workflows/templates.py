@@ -22,16 +22,16 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from ..model.spaces import OFFLINE_TEMPLATE
 from .errors import MissingInputError, OutputError
 from .niftiio import write_atomic
 
-DEMO_TEMPLATE = "MNI152NLin2009aSym"
 _NILEARN_FILES = {"T1w": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
                   "GM": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
                   "WM": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
 _DESCRIPTION = {
     "Name": "ICBM 152 Nonlinear Symmetrical template version 2009a",
-    "Identifier": DEMO_TEMPLATE,
+    "Identifier": OFFLINE_TEMPLATE,
     "Authors": ["Fonov V", "Evans AC", "Botteron K", "Almli CR", "McKinstry RC", "Collins DL"],
     "ReferencesAndLinks": ["https://doi.org/10.1016/j.neuroimage.2010.07.033",
                            "https://doi.org/10.1016/S1053-8119(09)70884-5",
@@ -78,13 +78,13 @@ def fill_templateflow_home(dest) -> Path:
     from scipy import ndimage
 
     dest = Path(dest).absolute()
-    folder = dest / f"tpl-{DEMO_TEMPLATE}"
+    folder = dest / f"tpl-{OFFLINE_TEMPLATE}"
     source = nilearn_data_dir()
     missing = [name for name in _NILEARN_FILES.values() if not (source / name).is_file()]
     if missing:
         raise MissingInputError(f"{source}: nilearn's packaged MNI152 files are missing "
                                 f"({', '.join(missing)}); reinstall nilearn (>=0.10)")
-    prefix = folder / f"tpl-{DEMO_TEMPLATE}_res-1"
+    prefix = folder / f"tpl-{OFFLINE_TEMPLATE}_res-1"
     targets = {"T1w": Path(f"{prefix}_T1w.nii.gz"),
                "mask": Path(f"{prefix}_desc-brain_mask.nii.gz"),
                "GM": Path(f"{prefix}_label-GM_probseg.nii.gz"),
@@ -181,13 +181,13 @@ def get_template(template_id: str, resolution: int = 1, home=None) -> dict:
 
 
 def resolve_template_files(template_id: str, private_home) -> dict:
-    """:func:`get_template` in ``$TEMPLATEFLOW_HOME``; for :data:`DEMO_TEMPLATE`, when that home
+    """:func:`get_template` in ``$TEMPLATEFLOW_HOME``; for :data:`OFFLINE_TEMPLATE`, when that home
     lacks it, the copy made from nilearn's wheel in ``private_home`` (an app folder, never the
     shared TemplateFlow home). Other templates must be prefetched."""
     try:
         return get_template(template_id)
     except MissingInputError:
-        if template_id != DEMO_TEMPLATE:
+        if template_id != OFFLINE_TEMPLATE:
             raise
     private_home = Path(private_home).absolute()
     if private_home == templateflow_home():

@@ -26,6 +26,8 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..exit_codes import ExitCode
+
 GB = 1024 ** 3
 #: process peak / traced tensor peak on the CPU inside :func:`fresh_heap` (hidden kernel
 #: scratch such as oneDNN buffers; 1.24-1.39 measured at 128^3 on the released configuration)
@@ -39,7 +41,7 @@ DEFAULT_FRACTION = 0.8  # of the memory available when no budget is given
 class MemoryBudgetError(ValueError):
     """The requested mini-context size (or any) cannot run within the memory budget."""
 
-    exit_code = 64  # usage: choose a smaller --mini-context-size or a larger --mem
+    exit_code = ExitCode.USAGE  # usage: choose a smaller --mini-context-size or a larger --mem
 
 
 class LiveBytes(TorchDispatchMode):

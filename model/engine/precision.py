@@ -18,14 +18,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
 from ..capability import bfloat16_support
+from ..exit_codes import ExitCode
 from ..fileio import write_text_atomic
+from ..options import Precision
 
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: each explicit :class:`~..options.Precision` and its dtype
+DTYPES = {Precision.FLOAT32: torch.float32, Precision.BFLOAT16: torch.bfloat16,
+          Precision.FLOAT16: torch.float16}
 #: ``auto`` precision keeps a reduced precision only below this relative L2 error vs float32
 AUTO_TOLERANCE = 1e-2
 #: ... and only where the agreement recorded in the checkpoint on real tasks meets these
@@ -53,23 +57,31 @@ class PrecisionUnavailableError(ValueError):
     """A precision this device cannot run was asked for explicitly (a usage error: ask for
     ``auto`` or ``float32``)."""
 
-    exit_code = 64
+    exit_code = ExitCode.USAGE
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+def precision_of(dtype: torch.dtype) -> Precision:
+    """The :class:`~..options.Precision` of a dtype (``torch.bfloat16`` -> ``BFLOAT16``)."""
+    return next(p for p, d in DTYPES.items() if d == dtype)
+
+
+def resolve_precision(precision, device: torch.device) -> torch.dtype:
     """``auto`` picks bfloat16 where the hardware runs it natively (faster than float32), else
     float32 (the ``Predictor`` then keeps it only for a model that agrees, see the module doc).
     An explicit ``bfloat16`` on a device that cannot run it raises
     :class:`PrecisionUnavailableError`, naming what is missing."""
-    if precision == "auto":
+    try:
+        precision = Precision(precision)
+    except ValueError:
+        raise ValueError(f"precision must be one of {', '.join(Precision.names())}; got "
+                         f"{precision!r}") from None
+    if precision == Precision.AUTO:
         return torch.bfloat16 if native_bfloat16(device) else torch.float32
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision == "float16" and device.type != "cuda":
+    if precision == Precision.FLOAT16 and device.type != "cuda":
         raise ValueError("float16 is supported on CUDA only; use bfloat16 or float32 on the CPU")
-    if precision == "bfloat16":
+    if precision == Precision.BFLOAT16:
         require_bfloat16(device)
-    return PRECISIONS[precision]
+    return DTYPES[precision]
 
 
 def require_bfloat16(device: torch.device) -> None:
@@ -146,19 +158,17 @@ def _write_cached(path: Path, key: dict, error: float) -> None:
 
 
 def reduced_precision_error(model, dtype: torch.dtype, device: torch.device,
-                            contexts: int = 2) -> float:
+                            make_pair: Callable, contexts: int = 2) -> float:
     """Relative L2 error of ``model`` in ``dtype`` vs float32 on a fixed synthetic problem.
 
     Smooth random volumes on a small grid (32^3 or the model's divisor x 2), ``contexts``
     pairs with thresholded labels; deterministic. About two small forward passes. The error
     is a property of the weights (e.g. 1.9e-3 for the released configuration, 1.4e-2 for the
     4..64-channel reference fixture). For a model loaded from a file (``metadata['sha256']``)
-    it is read from, or written to, the cache (:func:`cache_dir`).
+    it is read from, or written to, the cache (:func:`cache_dir`). ``make_pair(mini_context_size)``
+    returns the two predictors ``{Precision.FLOAT32: ..., <dtype's precision>: ...}``
+    (:func:`..predictor.float32_and`).
     """
-    import copy
-
-    from ..predictor import Predictor
-
     sha256 = getattr(model, "metadata", {}).get("sha256")
     key = {"sha256": sha256, "dtype": str(dtype), "device": device.type, "contexts": contexts,
            "torch": torch.__version__}
@@ -178,10 +188,9 @@ def reduced_precision_error(model, dtype: torch.dtype, device: torch.device,
     target = smooth()
     images = torch.stack([smooth() for _ in range(contexts)])
     labels = (torch.stack([smooth() for _ in range(contexts)]) > 0.5).float()
-    outputs = [Predictor(copy.deepcopy(model).float(), device=str(device), precision=precision,
-                         mini_context_size=contexts).predict(target, images, labels)
-               for precision in ("float32", str(dtype).replace("torch.", ""))]
-    reference, low = outputs
+    predictors = make_pair(contexts)
+    reference, low = (predictors[p].predict(target, images, labels)
+                      for p in (Precision.FLOAT32, precision_of(dtype)))
     error = ((low - reference).norm() / reference.norm().clamp_min(1e-12)).item()
     if path:
         _write_cached(path, key, error)

@@ -5,8 +5,8 @@ the trainer and data-parallel helpers. ``neuroverse3d-train`` is :func:`.cli.mai
     Trainer(TrainConfig(manifest="manifest.json", channels=[4, 8, 16], grid=[32, 32, 32])).fit()
 
 The names below are the package's public interface (the BIDS-App's evaluation uses them). They
-are imported on first use, so that reading one module (e.g. the degradation registry in
-:mod:`.synthesis`) does not load the trainer.
+are imported on first use, so that reading one module (e.g. the task names in :mod:`.synthesis`)
+does not load the trainer.
 """
 from importlib import import_module
 
@@ -18,8 +18,7 @@ _EXPORTS = {
     "DatasetEntry": "manifest", "Manifest": "manifest", "Subject": "manifest",
     "load_manifest": "manifest", "read_structures": "manifest", "save_manifest": "manifest",
     "VolumeLoader": "sampling",
-    "DEGRADATIONS": "synthesis", "SEGMENTATION": "synthesis", "TASKS": "synthesis",
-    "degrade": "synthesis", "make_pair": "synthesis",
+    "SEGMENTATION": "synthesis", "TASKS": "synthesis", "make_pair": "synthesis",
     "Trainer": "trainer",
 }
 __all__ = sorted(_EXPORTS)

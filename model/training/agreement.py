@@ -8,24 +8,17 @@ metadata, where the Predictor's ``auto`` precision reads it (``predictor.AGREEME
 """
 from __future__ import annotations
 
-import copy
-from typing import Dict, Iterable, Sequence, Tuple
+from typing import Iterable, Sequence, Tuple
 
 from torch import Tensor
 
 from ..network import Neuroverse3D
-from ..predictor import Predictor
+from ..predictor import float32_and
 from .losses import dice, psnr
 from .sampling import Episode
 from .synthesis import SEGMENTATION
 
 PSNR_CAP_DB = 100.0  # identical outputs have infinite PSNR; metadata stays finite JSON
-
-
-def float32_and(model: Neuroverse3D, precision: str, device: str = "cpu") -> Dict[str, Predictor]:
-    """Predictors for float32 and ``precision``, each on its own copy of ``model``."""
-    return {p: Predictor(copy.deepcopy(model).float(), device=device, precision=p,
-                         mini_context_size=1) for p in ("float32", precision)}
 
 
 def compare(task: str, low: Tensor, reference: Tensor) -> Tuple[str, float]:

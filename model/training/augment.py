@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .synthesis import SEGMENTATION, minmax, uniform
+from ..degradations import minmax, uniform
+from .synthesis import SEGMENTATION
 
 
 @dataclass

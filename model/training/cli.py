@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..exit_codes import ExitCode
 from .config import TrainConfig
 
 #: flag -> (config field, type); only given flags override the config file
@@ -83,10 +84,10 @@ def main(argv=None) -> int:
         context = init_distributed(config.device)
     except FileNotFoundError as error:
         print(f"neuroverse3d-train: error: {error}", file=sys.stderr)
-        return 66
+        return ExitCode.MISSING_INPUT
     except (ValueError, TypeError) as error:
         print(f"neuroverse3d-train: error: {error}", file=sys.stderr)
-        return 64
+        return ExitCode.USAGE
     try:
         trainer = Trainer(config, context)
         if context.is_main:
@@ -98,13 +99,13 @@ def main(argv=None) -> int:
         if context.is_main:
             print(f"neuroverse3d-train: step {trainer.step}; model written to "
                   f"{trainer.out / 'model.safetensors'}; last validation {metrics}")
-        return 0
+        return ExitCode.OK
     except FileNotFoundError as error:
         print(f"neuroverse3d-train: error: {error}", file=sys.stderr)
-        return 66
+        return ExitCode.MISSING_INPUT
     except ValueError as error:  # bad data: 65; PrecisionUnavailableError: usage, 64
         print(f"neuroverse3d-train: error: {error}", file=sys.stderr)
-        return getattr(error, "exit_code", 65)
+        return getattr(error, "exit_code", ExitCode.BAD_INPUT)
     finally:
         cleanup(context)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from ..network import RELEASED_CHANNELS
+from ..spaces import DEFAULT_TEMPLATE
 
 LR_SCHEDULES = ("plateau", "cosine", "constant")
 
@@ -23,7 +24,7 @@ class TrainConfig:
     convs_per_block: int = 2
     grid: List[int] = field(default_factory=lambda: [128, 128, 128])
     voxel_size_mm: float = 1.5
-    template: str = "MNI152NLin2009cAsym"
+    template: str = DEFAULT_TEMPLATE
     init_from: Optional[str] = None         # fine-tuning: any checkpoint load_checkpoint reads
     # schedule
     steps: int = 100000                     # total optimizer steps (both stages)

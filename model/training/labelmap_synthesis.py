@@ -32,7 +32,8 @@ from torch import Tensor
 from ..intensity import normalise_intensity
 from .augment import (centred_affine_coords, identity_coords, random_smooth_deformation,
                       rotation_matrix, warp)
-from .synthesis import SEGMENTATION, bias_field, make_pair, uniform
+from ..degradations import bias_field, uniform
+from .synthesis import SEGMENTATION, make_pair
 
 # ------------------------------------------------------------------------- label table
 #: bilateral structures: name -> (left code, right code, generation class)

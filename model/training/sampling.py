@@ -20,7 +20,8 @@ from ..intensity import normalise_intensity
 from .augment import AugmentConfig, augment_group
 from .labelmap_synthesis import LabelmapConfig, labelmap_episode
 from .manifest import LABELMAP, DatasetEntry, Manifest, Structures, named_structures
-from .synthesis import SEGMENTATION, TASKS, SynthesisConfig, draw_overlay, make_pair
+from ..degradations import SynthesisConfig
+from .synthesis import SEGMENTATION, TASKS, draw_overlay, make_pair
 
 #: sampling rate of each task (segmentation 2, every generation task 1)
 DEFAULT_RATES: Dict[str, float] = {task: (2.0 if task == SEGMENTATION else 1.0) for task in TASKS}

@@ -38,7 +38,8 @@ from .distributed import DistContext, all_reduce_sum_, barrier, is_ddp, wrap_for
 from .losses import dice, psnr, task_loss
 from .manifest import load_manifest, read_structures, structures_file
 from .sampling import EpisodeSampler, rotations
-from .synthesis import SEGMENTATION, SynthesisConfig
+from ..degradations import SynthesisConfig
+from .synthesis import SEGMENTATION
 
 STATE_FILE = "state.pt"
 LOG_COLUMNS = ("step", "stage", "context_size", "mini_context_size", "tasks", "loss", "grad_norm",

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..errors import EXIT_OK, run_with_exit_codes
+from ..errors import ExitCode, run_with_exit_codes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def run(args) -> int:
     count = args.subjects * len(args.sources) * len(args.kinds)
     print(f"neuroverse3d-make-training-data: wrote {count} subjects in "
           f"{time.perf_counter() - start:.0f} s; manifest {manifest}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv=None) -> int:

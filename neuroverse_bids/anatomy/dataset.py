@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..model.checkpoint import file_sha256
+from ..model.hashing import file_sha256
 from ..model.training.manifest import STRUCTURES_FILE, DatasetEntry, Manifest, Subject, save_manifest
 from ..workflows.errors import UsageError
 from ..workflows.niftiio import write_nifti_atomic, write_text_atomic
-from ..workflows.templates import DEMO_TEMPLATE
+from ..workflows.templates import OFFLINE_TEMPLATE
 from .sources import (LABEL_NAMES, Atlas, atlas_on_grid, grid_reference, load_colin27,
                       load_mni152, resolve_structure, structure_groups)
 from .synth import KINDS, SubjectConfig, make_subject, subject_seed
@@ -81,14 +81,14 @@ def write_dataset(out, atlases: Dict[str, Atlas], subjects: int, seed: int,
                     write_nifti_atomic(volume.numpy(), reference, out / f"{rel}_{suffix}.nii.gz", dtype)
                 rows.append(Subject(sid, f"{rel}_T1w.nii.gz", f"{rel}_dseg.nii.gz",
                                     f"{rel}_desc-brain_mask.nii.gz"))
-            entries.append(DatasetEntry(name, rows, DEMO_TEMPLATE))
+            entries.append(DatasetEntry(name, rows, OFFLINE_TEMPLATE))
     reference = next(iter(atlases.values())).reference
     generation = {
         "generated_by": f"neuroverse3d-make-training-data {__version__}", "seed": seed,
         "subjects_per_dataset": subjects, "kinds": list(kinds),
         "grid": {"shape": [int(s) for s in reference.shape],
                  "voxel_size_mm": float(reference.header.get_zooms()[0]),
-                 "template": DEMO_TEMPLATE, "affine": reference.affine.tolist()},
+                 "template": OFFLINE_TEMPLATE, "affine": reference.affine.tolist()},
         "excluded_structures": list(exclude), "excluded_labels": hidden,
         "subject_config": config.to_dict(),
         "sources": {a.name: {Path(f).name: file_sha256(f) for f in a.files}

@@ -39,15 +39,15 @@ import numpy as np
 from scipy import ndimage
 
 from .. import __version__
-from ..errors import EXIT_OK, run_with_exit_codes
-from ..model.checkpoint import file_sha256
+from ..errors import ExitCode, run_with_exit_codes
+from ..model.hashing import file_sha256
 from ..model.training.labelmap_synthesis import (EXTRACEREBRAL_MIN, LABEL_NAMES, PRIORS,
                                                  generation_class, named_structures)
 from ..model.training.manifest import (LABELMAP, STRUCTURES_FILE, DatasetEntry, Manifest,
                                        Subject, save_manifest)
 from ..workflows.errors import MissingInputError, UsageError
 from ..workflows.niftiio import write_atomic, write_nifti_atomic, write_text_atomic
-from ..workflows.templates import DEMO_TEMPLATE, fill_templateflow_home
+from ..workflows.templates import OFFLINE_TEMPLATE, fill_templateflow_home
 from .sources import grid_reference
 
 REGISTRATIONS = ("affine", "sloppy", "none")  # none: the maps are already in template space
@@ -102,8 +102,8 @@ def register_label_map(img: nb.Nifti1Image, template_t1, out_dir, sha256: str, m
     from ..workflows.geometry import register_affine
 
     out_dir = Path(out_dir)
-    forward = out_dir / f"from-labelmap_to-{DEMO_TEMPLATE}_mode-image_xfm.mat"
-    inverse = out_dir / f"from-{DEMO_TEMPLATE}_to-labelmap_mode-image_xfm.mat"
+    forward = out_dir / f"from-labelmap_to-{OFFLINE_TEMPLATE}_mode-image_xfm.mat"
+    inverse = out_dir / f"from-{OFFLINE_TEMPLATE}_to-labelmap_mode-image_xfm.mat"
     record = out_dir / "source.json"
     if forward.is_file() and inverse.is_file() and record.is_file() and \
             json.loads(record.read_text()).get("sha256") == sha256:
@@ -111,7 +111,7 @@ def register_label_map(img: nb.Nifti1Image, template_t1, out_dir, sha256: str, m
     start = time.perf_counter()
     moving = nb.Nifti1Image(synthetic_t1(np.asanyarray(img.dataobj)), img.affine)
     files = register_affine(moving, template_t1, out_dir, sloppy=mode == "sloppy", seed=seed,
-                            moving_space="labelmap", fixed_space=DEMO_TEMPLATE)
+                            moving_space="labelmap", fixed_space=OFFLINE_TEMPLATE)
     write_text_atomic(record, json.dumps({"sha256": sha256, "registration": mode,
                                           "seed": seed}, indent=1) + "\n")
     return {"forward": files["forward"], "inverse": files["inverse"],
@@ -188,7 +188,7 @@ def build_labelmap_data(folder, out, grid: Sequence[int] = (64, 64, 64), voxel_s
     shape = [int(g) for g in np.broadcast_to(np.asarray(grid, int), (3,))]
     reference = grid_reference(shape, voxel_size, out / "sourcedata")
     template_t1 = (fill_templateflow_home(out / "sourcedata" / "templateflow")
-                   / f"tpl-{DEMO_TEMPLATE}" / f"tpl-{DEMO_TEMPLATE}_res-1_T1w.nii.gz")
+                   / f"tpl-{OFFLINE_TEMPLATE}" / f"tpl-{OFFLINE_TEMPLATE}_res-1_T1w.nii.gz")
     records = {}
     for key, path in maps.items():
         tick = time.perf_counter()
@@ -227,7 +227,7 @@ def build_labelmap_data(folder, out, grid: Sequence[int] = (64, 64, 64), voxel_s
         if not keys:
             continue
         rows = [Subject(k, f"maps/{k}_dseg.nii.gz", f"maps/{k}_dseg.nii.gz") for k in keys]
-        entry = DatasetEntry(f"labelmaps-{split}", rows, DEMO_TEMPLATE, None, LABELMAP)
+        entry = DatasetEntry(f"labelmaps-{split}", rows, OFFLINE_TEMPLATE, None, LABELMAP)
         manifests[split] = save_manifest(Manifest([entry], out), out / name)
     present = sorted({c for r in records.values() for c in r["labels"] if c})
     write_text_atomic(out / STRUCTURES_FILE, json.dumps({"*": named_structures()}, indent=1) + "\n")
@@ -238,11 +238,11 @@ def build_labelmap_data(folder, out, grid: Sequence[int] = (64, 64, 64), voxel_s
         "generated_by": f"neuroverse3d-make-labelmap-data {__version__}",
         "source": {"folder": str(Path(folder).resolve()), "note": SOURCE_NOTE,
                    "files": {r["file"]: r["sha256"] for r in records.values()}},
-        "grid": {"shape": shape, "voxel_size_mm": float(voxel_size), "template": DEMO_TEMPLATE,
+        "grid": {"shape": shape, "voxel_size_mm": float(voxel_size), "template": OFFLINE_TEMPLATE,
                  "affine": reference.affine.tolist()},
         "registration": {"mode": registration, "seed": seed, "moving": "brain-only synthetic "
                          "T1 of the label map (t1 prior means, sigma 1 voxel)",
-                         "fixed": f"tpl-{DEMO_TEMPLATE}_res-1_T1w (nilearn)"},
+                         "fixed": f"tpl-{OFFLINE_TEMPLATE}_res-1_T1w (nilearn)"},
         "splits": {"train": train, "validation": val, "heldout": held},
         "maps": records, "seconds": round(time.perf_counter() - start, 1)}
     write_text_atomic(out / "generation.json", json.dumps(generation, indent=1) + "\n")
@@ -283,7 +283,7 @@ def run(args) -> int:
                                     args.transforms, args.seed)
     print(f"neuroverse3d-make-labelmap-data: done in {time.perf_counter() - start:.0f} s; "
           + ", ".join(f"{k} {v}" for k, v in manifests.items()))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv=None) -> int:

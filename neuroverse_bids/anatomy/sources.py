@@ -29,7 +29,7 @@ import torch
 from scipy import ndimage
 
 from ..workflows.errors import MissingInputError
-from ..workflows.templates import DEMO_TEMPLATE, fill_templateflow_home, get_template
+from ..workflows.templates import OFFLINE_TEMPLATE, fill_templateflow_home, get_template
 
 MRICRON_DIRS = ("/usr/share/mricron/templates", "/usr/share/mricron")
 MRICRON_FILES = {"head": "ch2.nii.gz", "brain": "ch2bet.nii.gz", "aal": "aal.nii.gz"}
@@ -126,7 +126,7 @@ def load_mni152(work_dir) -> Source:
     """MNI152 2009a (nilearn) with CSF/GM/WM labels; the TemplateFlow copy goes to
     ``work_dir/templateflow``. The T1w is scaled to [0, 1]."""
     home = fill_templateflow_home(Path(work_dir) / "templateflow")
-    prefix = home / f"tpl-{DEMO_TEMPLATE}" / f"tpl-{DEMO_TEMPLATE}_res-1"
+    prefix = home / f"tpl-{OFFLINE_TEMPLATE}" / f"tpl-{OFFLINE_TEMPLATE}_res-1"
     files = {name: f"{prefix}_{name}.nii.gz"
              for name in ("T1w", "desc-brain_mask", "label-GM_probseg", "label-WM_probseg")}
     img = nb.load(files["T1w"])
@@ -134,7 +134,7 @@ def load_mni152(work_dir) -> Source:
                          for path in files.values())
     winner = np.stack([1.0 - gm - wm, gm, wm]).argmax(0)
     tissue = np.where(mask > 0, winner + TISSUE["CSF"], 0).astype(np.int16)
-    return Source("MNI152NLin2009aSym", t1w / t1w.max(), tissue, np.zeros_like(tissue),
+    return Source(OFFLINE_TEMPLATE, t1w / t1w.max(), tissue, np.zeros_like(tissue),
                   img.affine, list(files.values()))
 
 
@@ -163,7 +163,7 @@ def grid_reference(shape, voxel_size_mm: float, work_dir) -> nb.Nifti1Image:
     from ..workflows.geometry import model_grid
 
     home = fill_templateflow_home(Path(work_dir) / "templateflow")
-    mask = get_template(DEMO_TEMPLATE, home=home)["brain_mask"]
+    mask = get_template(OFFLINE_TEMPLATE, home=home)["brain_mask"]
     return model_grid(nb.load(str(mask)), shape, voxel_size_mm)
 
 

@@ -7,7 +7,7 @@ grid centre) plus a smooth displacement (``model.training.augment.random_smooth_
 applied with ``warp`` (labels nearest, image trilinear). Its image is either the warped real
 T1w (``t1``) or a SynthSeg-style image drawn from the warped label map (``synth``): every label
 gets a random mean and standard deviation, then partial-volume blur and gamma. Both then get a
-Legendre bias field (``model.training.synthesis.add_bias_field``) and Gaussian noise and go
+Legendre bias field (``model.degradations.add_bias_field``) and Gaussian noise and go
 through the one intensity normaliser. GIN contrast is left to the trainer's augmentation.
 
 Everything is drawn from one ``torch.Generator`` seeded by :func:`subject_seed` (the dataset
@@ -16,7 +16,6 @@ subjects, and subjects of different ``--seed`` values never share a generator se
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -24,9 +23,10 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from scipy import ndimage
 
+from ..model.hashing import text_sha256
 from ..model.intensity import normalise_intensity
 from ..model.training.augment import identity_coords, random_smooth_deformation, rotation_matrix, warp
-from ..model.training.synthesis import add_bias_field, uniform
+from ..model.degradations import add_bias_field, uniform
 from .sources import BRAIN_LABELS, Atlas
 
 KINDS = ("t1", "synth")
@@ -53,8 +53,7 @@ class SubjectConfig:
 
 def subject_seed(seed: int, dataset: str, index: int) -> int:
     """A 62-bit generator seed from (dataset seed, dataset name, subject index)."""
-    digest = hashlib.sha256(f"{int(seed)}:{dataset}:{int(index)}".encode()).hexdigest()
-    return int(digest[:15], 16)
+    return int(text_sha256(f"{int(seed)}:{dataset}:{int(index)}", 15), 16)
 
 
 def random_deformation(shape: Sequence[int], generator: torch.Generator, cfg: SubjectConfig):

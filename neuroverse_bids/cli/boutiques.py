@@ -13,18 +13,11 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from ..model.exit_codes import ExitCode
 
 #: arguments that only print something (or are the descriptor itself): not tool inputs
 NOT_INPUTS = ("help", "version", "boutiques")
 #: the documented exit codes of ``neuroverse3d`` (README, "Exit codes"); 0 is success
-EXIT_CODES = ((1, "failure (a node crashed: see the crash summaries and logs/)"),
-              (16, "BIDS validation failed"), (18, "the filters selected nothing"),
-              (64, "usage error"), (65, "bad input data"), (66, "missing input"),
-              (73, "cannot create output (including a full disk)"),
-              (75, "the work folder is in use by a live run"),
-              (130, "interrupted (SIGINT, Ctrl-C); the same command resumes"),
-              (143, "terminated (SIGTERM, e.g. a scheduler's time limit); the same command resumes"))
-
 
 def _input_type(action: argparse.Action) -> dict:
     if action.nargs == 0:  # store_true, store_false, count
@@ -84,7 +77,8 @@ def descriptor(parser: argparse.ArgumentParser) -> dict:
                           "path-template": output_dir["value-key"],
                           "description": "the output folder: derivatives, reports, logs/"}],
         "tags": {"domain": ["neuroinformatics", "mri"], "bids-app": True},
-        "error-codes": [{"code": code, "description": text} for code, text in EXIT_CODES],
+        "error-codes": [{"code": int(code), "description": code.meaning}
+                        for code in ExitCode if code != ExitCode.OK],
     }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from .. import __version__
 from ..context_cache_store import (CACHE_FOLDER, GB, MAX_GB_VARIABLE, evict, list_entries,
                                    max_cache_bytes, remove_entry)
-from ..errors import EXIT_LOCKED, EXIT_OK, run_with_exit_codes
+from ..errors import ExitCode, run_with_exit_codes
 from ..workflows.errors import MissingInputError, NeuroverseError, UsageError
 from .options import ExitCode64Parser
 
@@ -82,7 +82,7 @@ def _list(folder: Path, args) -> int:
     if args.json:
         print(json.dumps({"Cache": str(folder), "Bytes": total, "LimitBytes": limit,
                           "Entries": entries}, indent=2))
-        return EXIT_OK
+        return ExitCode.OK
     print(f"context cache {folder}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
           f"{_size(total)} (limit {_size(limit) if limit < float('inf') else 'none'}; "
           "least recently used first)")
@@ -93,15 +93,15 @@ def _list(folder: Path, args) -> int:
         task = e["Task"] or ("incomplete" if not e["Complete"] else "?")
         print(f"{e['Key']:<22}{_size(e['Bytes']):>10}  {used:<17} "
               f"{'yes' if e['InUse'] else 'no':<7} {task:<13} {' '.join(e['Subjects'])}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _kept(kept) -> int:
     if not kept:
-        return EXIT_OK
+        return ExitCode.OK
     raise NeuroverseError(f"kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} in use by a "
                           f"live run or being built ({', '.join(kept)}); try again when it "
-                          "finished", exit_code=EXIT_LOCKED)
+                          "finished", exit_code=ExitCode.LOCKED)
 
 
 def _remove(folder: Path, args) -> int:
@@ -131,7 +131,7 @@ def _prune(folder: Path, args) -> int:
     left = list_entries(folder)
     if sum(e["Bytes"] for e in left) > limit:
         return _kept([e["Key"] for e in left if e["InUse"]] or ["?"])
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run(args) -> int:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..errors import EXIT_OK, run_with_exit_codes
+from ..errors import ExitCode, run_with_exit_codes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def run(args) -> int:
     participant += ["--sloppy"] if args.sloppy else []
     for argv in (participant, [*common, "group"]):
         code = app(argv)
-        if code != EXIT_OK:
+        if code != ExitCode.OK:
             return code
     reports = sorted(derivatives.glob("sub-*.html"))
     print(f"\nneuroverse3d-demo: done in {time.perf_counter() - start:.0f} s\n"
@@ -67,7 +67,7 @@ def run(args) -> int:
           f"  group report:   {derivatives / 'group.html'}\n"
           f"  volumes table:  {derivatives / 'group_volumes.tsv'}\n"
           f"  true labels:    {data / 'derivatives' / 'labels'}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import EXIT_OK, run_with_exit_codes
+from ..errors import ExitCode, run_with_exit_codes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def run(args) -> int:
     print(f"neuroverse3d-demo-data: wrote {args.subjects} subjects to {path}; use "
           f"TEMPLATEFLOW_HOME={path / 'templateflow'} and --context-spec "
           f"{path / 'context-spec.json'}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .. import __version__
-from ..errors import EXIT_OK, run_with_exit_codes
+from ..errors import ExitCode, run_with_exit_codes
 from ..model.training.manifest import DatasetEntry, Manifest, Subject, save_manifest
 from .options import ExitCode64Parser
 from ..workflows.errors import (MissingInputError, NothingSelectedError, OutputError,
@@ -163,7 +163,7 @@ def run(args) -> int:
     except OSError as error:
         raise OutputError(f"{output}: cannot write the manifest ({error})") from None
     print(f"wrote {output}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv=None) -> int:

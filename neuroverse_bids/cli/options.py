@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from ..model.exit_codes import ExitCode
+
 
 class ExitCode64Parser(argparse.ArgumentParser):
     """argparse exits with 2 on usage errors; the BIDS-App spec (sysexits) says 64."""
 
     def error(self, message):
         self.print_usage()
-        self.exit(64, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def positive_int(value: str) -> int:

@@ -11,13 +11,13 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
+from ..model.spaces import DEFAULT_TEMPLATE, OFFLINE_TEMPLATE
 from .boutiques import BoutiquesAction
 from .options import ExitCode64Parser, add_inference_options, memory_size, positive_int
 
-DEFAULT_TEMPLATE = "MNI152NLin2009cAsym"
 #: ``context_spec.DEFAULT_NUM_CONTEXTS``
 DEFAULT_NUM_CONTEXTS = 8
-#: the names of ``model.selection.SELECTIONS`` and ``model.training.synthesis.DEGRADATIONS``
+#: the names of ``model.selection.SELECTIONS`` and ``model.degradations.DEGRADATIONS``
 SELECTIONS = ("random", "similar")
 DEGRADATIONS = ("bias-field", "gaussian-noise", "salt-pepper", "inpainting", "downsample-x2")
 
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     workflow.add_argument("--template", metavar="ID",
                           help="TemplateFlow identifier of the template space (default: the "
                                f"space the model was trained in, else {DEFAULT_TEMPLATE}); "
-                               "MNI152NLin2009aSym is served offline from nilearn's copy")
+                               f"{OFFLINE_TEMPLATE} is served offline from nilearn's copy")
     workflow.add_argument("--sloppy", action="store_true",
                           help="coarse, fast registration (for testing only)")
     workflow.add_argument("--random-seed", type=int, metavar="SEED",

@@ -16,10 +16,9 @@ from .. import __version__
 from ..context_cache_store import CACHE_FOLDER  # noqa: F401  (<output_dir>/cache/context-sets)
 from ..context_set import Datasets, check_pair, find_context_pairs
 from ..context_spec import contexts_for, pick_context_pool, spec_from_args
-from ..workflows.errors import MissingInputError, NeuroverseError, UsageError
+from ..workflows.errors import ExitCode, NeuroverseError, UsageError
 
 LOGGER = logging.getLogger("neuroverse3d")
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "data" / "neuroverse3d_default.safetensors"
 
 
 @dataclass
@@ -40,17 +39,15 @@ class ParticipantPlan:
 
 
 def resolve_model(path) -> Path:
-    if path is not None:
-        return Path(path).resolve()
-    if BUNDLED_MODEL.is_file():
-        return BUNDLED_MODEL
-    raise MissingInputError("no model given and no bundled model installed; pass --model with a "
-                            "checkpoint (e.g. the released neuroverse3D.ckpt, see the README)")
+    """``--model``, else the bundled model (:func:`~..model.pretrained.default_model_path`)."""
+    from ..model.pretrained import default_model_path
+
+    return Path(path).resolve() if path is not None else default_model_path()
 
 
 def resolve_template(requested, model) -> str:
     """``--template``, else the template space the model was trained in, else the default."""
-    from .parser import DEFAULT_TEMPLATE
+    from ..model.spaces import DEFAULT_TEMPLATE
 
     return requested or (model.metadata.get("grid") or {}).get("template") or DEFAULT_TEMPLATE
 
@@ -203,7 +200,7 @@ def plan_participant_run(args, bids_dir: Path, output_dir: Path, work_dir: Path)
     grid = model.metadata.get("grid") or {}
     if "shape" not in grid or "voxel_size_mm" not in grid:
         raise NeuroverseError(f"{model_path}: the model has no input grid in its metadata; convert "
-                              "it with neuroverse3d-convert (which records the grid)", exit_code=65)
+                              "it with neuroverse3d-convert (which records the grid)", exit_code=ExitCode.BAD_INPUT)
     template = resolve_template(args.template, model)
     template_files = template_files_for(template, work_dir)
     grid_reference = write_grid_reference(template_files, grid,
@@ -321,7 +318,7 @@ def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
         crashes = report_crashes([plan.work_dir / "crash"], since=started)
         raise NeuroverseError(f"building the context set failed ({len(crashes)} step(s)): see "
                               f"the summaries above and the crash files in "
-                              f"{plan.work_dir / 'crash'}", exit_code=1) from None
+                              f"{plan.work_dir / 'crash'}", exit_code=ExitCode.FAILURE) from None
     workflow = plan.workflow
     workflow.config["execution"].update({
         "crashdump_dir": str(crash_dir),
@@ -341,7 +338,7 @@ def run_workflow(plan: ParticipantPlan, plugin: Dict, args) -> int:
         raise NeuroverseError(
             f"{len(crashes) or 'some'} step(s) failed: see the summaries above and the crash "
             f"files in {crash_dir}; the outputs of the participants whose steps all finished "
-            "are written", exit_code=1) from None
+            "are written", exit_code=ExitCode.FAILURE) from None
     finally:
         from .. import context_cache
 

@@ -39,7 +39,7 @@ import nibabel as nb
 import numpy as np
 
 from .. import __version__
-from ..errors import EXIT_OK, run_with_exit_codes
+from ..errors import ExitCode, run_with_exit_codes
 from ..model import load_checkpoint
 from ..model.intensity import normalise_intensity
 from ..model.predictor import Predictor
@@ -315,19 +315,18 @@ def run(args) -> int:
             result = grid.back(result, reference, target_img, xfm)
     write_nifti_atomic(_finish(result, args.task, values), target_img, args.output)
     print(f"wrote {args.output}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _finish(result: np.ndarray, task: str, values) -> np.ndarray:
     """``[K,...]`` probabilities -> mask (labels as given), label map (picked) or float32."""
     if task == "gen":
         return result[0].astype(np.float32)
+    from ..model.labels import probabilities_to_dseg, probabilities_to_masks
+
     if values == [None]:
-        return (result[0] > 0.5).astype(np.uint8)
-    best = result.argmax(axis=0)
-    labels = np.asarray(values)[best]
-    labels[result.max(axis=0) <= 0.5] = 0
-    return labels.astype(np.uint8 if max(values) < 256 else np.uint16)
+        return probabilities_to_masks(result[:1])[0].astype(np.uint8)
+    return probabilities_to_dseg(result, values)
 
 
 def main(argv=None) -> int:

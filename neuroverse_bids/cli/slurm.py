@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from ..errors import run_with_exit_codes
-from ..workflows.errors import NeuroverseError, UsageError
+from ..workflows.errors import ExitCode, NeuroverseError, UsageError
 from .options import ExitCode64Parser, positive_int
 
 SCRIPT = """#!/bin/bash
@@ -79,15 +79,15 @@ def _sbatch(arguments: Sequence[str], dry_run: bool) -> str:
         return "<dry-run>"
     if shutil.which("sbatch") is None:
         raise NeuroverseError("sbatch not found: run neuroverse3d-slurm on a SLURM login node "
-                              "(or use --dry-run to see the job scripts)", exit_code=1)
+                              "(or use --dry-run to see the job scripts)", exit_code=ExitCode.FAILURE)
     done = subprocess.run(command, capture_output=True, text=True)
     match = re.match(r"\s*(\d+)", done.stdout)
     if match is None:
         raise NeuroverseError(f"sbatch failed (exit {done.returncode}): {done.stderr.strip()}",
-                              exit_code=1)
+                              exit_code=ExitCode.FAILURE)
     if done.returncode != 0:  # --wait: the job ran and failed (or was cancelled)
         raise NeuroverseError(f"job {match.group(1)} failed (exit {done.returncode}); see its "
-                              "log in the slurm folder of the work directory", exit_code=1)
+                              "log in the slurm folder of the work directory", exit_code=ExitCode.FAILURE)
     return match.group(1)
 
 

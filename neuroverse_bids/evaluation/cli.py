@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import __version__
 from ..cli.options import ExitCode64Parser, positive_int
-from ..errors import EXIT_OK, run_with_exit_codes
+from ..errors import ExitCode, run_with_exit_codes
 from ..workflows.errors import BadInputError, MissingInputError, OutputError, UsageError
 from ..model.selection import SELECTIONS
 from .comparison import compare, markdown, plot_reliability
@@ -190,7 +190,7 @@ def run(args) -> int:
     paths = write_outputs(args.out, rows, summary, info, **extra)
     print(f"neuroverse3d-eval: {len(rows)} results in {total:.1f} s; wrote "
           f"{', '.join(str(p) for p in paths.values())}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv=None) -> int:

@@ -18,11 +18,7 @@ from nipype.interfaces.base import (
 
 from ...model.intensity import normalise_intensity
 from ...model.selection import SELECTIONS
-from ..niftiio import load_volume, write_nifti_atomic
-
-
-def _out_path(runtime, name: str) -> str:
-    return str(Path(runtime.cwd) / name)
+from ..niftiio import load_volume, node_file, write_nifti_atomic
 
 
 class _NormaliseInputSpec(BaseInterfaceInputSpec):
@@ -42,7 +38,7 @@ class NormaliseIntensity(SimpleInterface):
     def _run_interface(self, runtime):
         img, data = load_volume(self.inputs.in_file)
         self._results["out_file"] = str(write_nifti_atomic(
-            normalise_intensity(data), img, _out_path(runtime, "normalised.nii.gz")))
+            normalise_intensity(data), img, node_file(runtime, "normalised.nii.gz")))
         return runtime
 
 
@@ -76,7 +72,7 @@ class StackContextSet(SimpleInterface):
         if self.inputs.degradation:
             import torch
 
-            from ...model.training.synthesis import degrade
+            from ...model.degradations import degrade
 
             clean = images
             degraded = []
@@ -93,7 +89,7 @@ class StackContextSet(SimpleInterface):
                 else:
                     per_pair.append([normalise_intensity(v) for v in volumes])
             outputs = np.asarray(per_pair, dtype=np.float32).transpose(1, 0, 2, 3, 4)  # [K, L, ...]
-        out = _out_path(runtime, "context_set.npz")
+        out = node_file(runtime, "context_set.npz")
         np.savez(out, images=images.astype(np.float32), outputs=outputs,
                  subjects=np.asarray(self.inputs.subjects))
         self._results["context_set"] = out
@@ -121,7 +117,7 @@ class SelectContextSet(SimpleInterface):
         if missing:
             raise ValueError(f"{self.inputs.context_pool}: subjects {missing} are not in the pool")
         index = [where[s] for s in self.inputs.subjects]
-        out = _out_path(runtime, "context_set.npz")
+        out = node_file(runtime, "context_set.npz")
         np.savez(out, images=images[index], outputs=outputs[:, index],
                  subjects=np.asarray(self.inputs.subjects))
         self._results["context_set"] = out
@@ -214,14 +210,14 @@ class InContextPredict(SimpleInterface):
                      "uncertainty": dict(zip(self.inputs.output_names, summaries))}
             if ensemble.members > 1:
                 spreads = [str(write_nifti_atomic(volume.astype(np.float32), img,
-                                                  _out_path(runtime, f"{name}_spread.nii.gz")))
+                                                  node_file(runtime, f"{name}_spread.nii.gz")))
                            for name, volume in zip(self.inputs.output_names,
                                                    ensemble.std.numpy())]
         done = time.perf_counter()
         files = []
         for name, volume in zip(self.inputs.output_names, result):
             files.append(str(write_nifti_atomic(volume.astype(np.float32), img,
-                                                _out_path(runtime, f"{name}.nii.gz"))))
+                                                node_file(runtime, f"{name}.nii.gz"))))
         meta = model.metadata
         self._results["out_files"] = files
         self._results["spread_files"] = spreads

@@ -13,8 +13,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..niftiio import load_volume, write_nifti_atomic
-from .icl import _out_path
+from ...model.labels import THRESHOLD, probabilities_to_dseg, probabilities_to_masks
+from ..niftiio import load_volume, node_file, write_nifti_atomic
 
 
 class _ExtractInputSpec(BaseInterfaceInputSpec):
@@ -43,13 +43,13 @@ class ExtractLabel(SimpleInterface):
         value = self.inputs.label_value
         mask = np.isin(np.rint(data), value) if value is not None else data > 0
         self._results["out_file"] = str(write_nifti_atomic(
-            mask.astype(np.float32), img, _out_path(runtime, "label.nii.gz")))
+            mask.astype(np.float32), img, node_file(runtime, "label.nii.gz")))
         return runtime
 
 
 class _MasksInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="K probability maps")
-    threshold = traits.Float(0.5, usedefault=True)
+    threshold = traits.Float(THRESHOLD, usedefault=True)
 
 
 class _MasksOutputSpec(TraitedSpec):
@@ -66,11 +66,11 @@ class ProbabilitiesToMasks(SimpleInterface):
     def _run_interface(self, runtime):
         imgs = [nb.load(f) for f in self.inputs.in_files]
         probs = np.stack([np.asanyarray(i.dataobj, dtype=np.float32) for i in imgs])
-        masks = probs > self.inputs.threshold
+        masks = probabilities_to_masks(probs, self.inputs.threshold)
         self._results["masks"] = [
-            str(write_nifti_atomic(m.astype(np.uint8), imgs[0], _out_path(runtime, f"mask{k}.nii.gz")))
+            str(write_nifti_atomic(m.astype(np.uint8), imgs[0], node_file(runtime, f"mask{k}.nii.gz")))
             for k, m in enumerate(masks)]
-        dseg = np.where(masks.any(0), np.argmax(np.where(masks, probs, -np.inf), axis=0) + 1, 0)
-        self._results["dseg"] = str(write_nifti_atomic(dseg.astype(np.uint8), imgs[0],
-                                                       _out_path(runtime, "dseg.nii.gz")))
+        dseg = probabilities_to_dseg(probs, threshold=self.inputs.threshold)
+        self._results["dseg"] = str(write_nifti_atomic(dseg, imgs[0],
+                                                       node_file(runtime, "dseg.nii.gz")))
         return runtime
