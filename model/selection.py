@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from .intensity import normalise_intensity
+from .strategies import get_strategy
 
-SELECTIONS = ("random", "similar")
 
 
 def _zscore(image, mask: np.ndarray) -> Optional[np.ndarray]:
@@ -120,27 +120,13 @@ def context_sets(ordering: Sequence[str], size: int, members: int = 1) -> List[L
     return [[str(ordering[p]) for p in positions] for positions in chosen]
 
 
-def random_ordering(ids: Sequence[str], seed: int) -> List[str]:
-    """The pool in a seeded random order (torch's ``randperm``)."""
-    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [str(ids[i]) for i in order]
-
-
 def select(selection: str, ids: Sequence[str], size: int, members: int = 1, *,
            target=None, pool_images: Optional[Sequence] = None, mask=None,
            ordering: Optional[Callable[[], Sequence[str]]] = None, seed: int = 0):
-    """Context sets for one target -> ``(sets, scores)``.
-
-    selection ``random``: ``ordering()`` if given (the caller's own seeded draw) else
-    :func:`random_ordering`; scores None. ``similar``: :func:`rank_pool` of ``target``
-    against ``pool_images``; scores ``{id: NCC}`` of every pool subject.
-    """
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    if selection == "random":
-        order = list(ordering()) if ordering is not None else random_ordering(ids, seed)
-        return context_sets(order, size, members), None
-    if target is None or pool_images is None:
-        raise ValueError("similar selection needs the target and the pool images")
-    ranked = rank_pool(target, pool_images, ids, mask)
-    return context_sets([i for i, _ in ranked], size, members), dict(ranked)
+    """Context sets for one target -> ``(sets, scores)``: the registered strategy
+    ``selection`` (:mod:`.strategies`) orders the pool, :func:`context_sets` takes the sets.
+    ``ordering``: the caller's own seeded draw (for ``random``); scores: the strategy's
+    ``{id: score}`` of every pool subject, or None."""
+    order, scores = get_strategy(selection).order(
+        ids, target=target, pool_images=pool_images, mask=mask, seed=seed, ordering=ordering)
+    return context_sets(order, size, members), scores

@@ -68,6 +68,21 @@ def require_dataset(root: Path, what: str):
     _require_description(root)
 
 
+def read_participant_file(path: Path) -> list:
+    """Labels from ``--participant-label-file``: one a line, ``sub-`` optional, ``#`` comments."""
+    if not path.is_file():
+        raise MissingInputError(f"{path}: participant label file not found")
+    labels = []
+    for line in path.read_text().splitlines():
+        label = line.split("#", 1)[0].strip()
+        if label:
+            labels.append(label[4:] if label.startswith("sub-") else label)
+    if not labels:
+        raise UsageError(f"{path}: no participant labels in this file; write one label a line "
+                         "(e.g. 01 or sub-01)")
+    return labels
+
+
 def parse_derivatives(values: Optional[Sequence[str]]) -> Dict[str, Path]:
     """``-d/--derivatives`` values ``NAME=PATH`` (or a bare ``PATH``, named by its folder)."""
     named: Dict[str, Path] = {}

@@ -31,11 +31,14 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple, Union
 
-from .model.selection import SELECTIONS
+from .model.strategies import get_strategy, strategy_names
 from .model.degradations import DEGRADATIONS  # the one registry (name -> Degradation)
 from .workflows.errors import BadInputError, MissingInputError, UsageError
+
+if TYPE_CHECKING:  # annotations only
+    from .config import WorkflowConfig
 
 DEFAULT_NUM_CONTEXTS = 8
 #: keys of a selector (``images``, ``labels``, ``outputs``): the dataset and BIDS entities
@@ -89,7 +92,7 @@ class ContextSpec:
     name: Optional[str] = None                 # desc-<name> of generation outputs
     num_contexts: int = DEFAULT_NUM_CONTEXTS
     seed: int = 0
-    selection: str = "random"                  # random | similar (model.selection)
+    selection: str = "random"                  # a registered strategy (model.strategies)
     ensemble: int = 1                          # members averaged per target
     source: str = "command line"               # where the spec came from, for messages
 
@@ -134,8 +137,8 @@ class ContextSpec:
             raise UsageError(f"{where}: task must be 'segmentation' or 'generation', got {self.task!r}")
         if self.num_contexts < 1:
             raise UsageError(f"{where}: num_contexts must be >= 1")
-        if self.selection not in SELECTIONS:
-            raise UsageError(f"{where}: selection must be one of {', '.join(SELECTIONS)}, got "
+        if self.selection not in strategy_names():
+            raise UsageError(f"{where}: selection must be one of {', '.join(strategy_names())}, got "
                              f"{self.selection!r}")
         if self.ensemble < 1:
             raise UsageError(f"{where}: ensemble must be >= 1, got {self.ensemble}")
@@ -252,48 +255,61 @@ def _dseg_flag(value: str) -> Union[str, List[DsegLabel]]:
     return [int(p) if p.isdigit() else p for p in parts]
 
 
-def spec_from_args(args) -> Optional[ContextSpec]:
-    """Build a spec from the command line; flags override the values of ``--context-spec``."""
-    datasets = dict(getattr(args, "derivatives", None) or {})
-    if args.context_spec is not None:
-        spec = load_context_spec(args.context_spec, datasets)
-    elif args.labels_dataset or args.mask or args.dseg_label or args.degradation or args.output_suffix:
-        task = "segmentation" if (args.labels_dataset or args.mask or args.dseg_label) else "generation"
+def spec_from_config(workflow: "WorkflowConfig", context_seed: Optional[int] = None,
+                     derivatives: Optional[Mapping[str, Path]] = None) -> ContextSpec:
+    """The run's spec: ``--context-spec`` (if any) with the flags of ``workflow`` overriding
+    its values; ``context_seed`` (None: the spec's); ``derivatives``: the ``-d`` names."""
+    datasets = dict(derivatives or {})
+    flags = workflow
+    if flags.context_spec is not None:
+        spec = load_context_spec(flags.context_spec, datasets)
+    elif (flags.labels_dataset or flags.masks or flags.dseg_labels or flags.degradation
+          or flags.output_suffix):
+        task = ("segmentation" if (flags.labels_dataset or flags.masks or flags.dseg_labels)
+                else "generation")
         spec = ContextSpec(task=task)
     else:
         raise UsageError("no context given: pass --context-spec FILE, or --labels-dataset with --mask/"
                          "--dseg-label for segmentation, or --degradation / --output-suffix for generation")
-    if args.labels_dataset:
+    if flags.labels_dataset:
         labels = spec.labels or Selector(entities={})
-        labels.root = resolve_dataset(str(args.labels_dataset), Path.cwd(), datasets)
-        labels.dataset = str(args.labels_dataset)
+        labels.root = resolve_dataset(str(flags.labels_dataset), Path.cwd(), datasets)
+        labels.dataset = str(flags.labels_dataset)
         spec.labels = labels
-    if args.output_suffix:
+    if flags.output_suffix:
         spec.outputs = spec.outputs or Selector(entities={})
-        spec.outputs.entities["suffix"] = args.output_suffix
-    for key, value in {"degradation": args.degradation, "num_contexts": args.num_contexts,
-                       "seed": args.context_seed,
-                       "selection": getattr(args, "context_selection", None),
-                       "ensemble": getattr(args, "ensemble", None)}.items():
+        spec.outputs.entities["suffix"] = flags.output_suffix
+    for key, value in {"degradation": flags.degradation, "num_contexts": flags.num_contexts,
+                       "seed": context_seed, "selection": flags.context_selection,
+                       "ensemble": flags.ensemble}.items():
         if value is not None:
             setattr(spec, key, value)
-    extra = [Structure(name=n, mask=n) for n in args.mask or []]
-    extra += [Structure(name=n.split("=", 1)[0], dseg=_dseg_flag(n)) for n in args.dseg_label or []]
+    extra = [Structure(name=n, mask=n) for n in flags.masks]
+    extra += [Structure(name=n.split("=", 1)[0], dseg=_dseg_flag(n)) for n in flags.dseg_labels]
     if extra:
         spec.structures = extra
     return spec.check()
 
 
 def pick_context_pool(candidates: List[str], spec: ContextSpec, targets: List[str]) -> List[str]:
-    """Seeded choice of the context subjects, the same whichever targets a run processes.
+    """The labelled subjects a run stacks: a seeded choice, the same whichever targets a run
+    processes (so that one participant per job, a SLURM array, shares one cached context set).
 
-    The pool is the first ``num_contexts + 1`` of the seeded shuffle of all ``candidates`` (all
-    of them when fewer), so that one participant per job (a SLURM array) shares one cached
-    context set. Each target gets the first ``num_contexts`` pool members other than itself.
+    The pool is the first ``ensemble * num_contexts + 1`` of the seeded shuffle of all
+    ``candidates`` (all of them when fewer, or for a strategy that ``stacks_all``): enough for
+    K disjoint context sets whichever target is left out. Without a pool choice per target
+    (``spec.pooled`` false) each target gets the first ``num_contexts`` pool members other than
+    itself (:func:`contexts_for`); too few is bad input (exit 65). With it, each ICL node
+    chooses its sets; a request the pool cannot serve is a usage error (exit 64).
     """
     pool = sorted(candidates)
     random.Random(spec.seed).shuffle(pool)
-    chosen = pool[: spec.num_contexts + 1]
+    if not get_strategy(spec.selection).stacks_all:
+        pool = pool[: spec.ensemble * spec.num_contexts + 1]
+    if spec.pooled:
+        _check_pooled_request(pool, spec, targets)
+        return pool
+    chosen = pool
     for target in targets:
         available = [s for s in chosen if s != target]
         if len(available) < spec.num_contexts:
@@ -305,11 +321,36 @@ def pick_context_pool(candidates: List[str], spec: ContextSpec, targets: List[st
     return chosen
 
 
+def _check_pooled_request(pool: List[str], spec: ContextSpec, targets: List[str]):
+    from .model.selection import check_request
+
+    for target in targets:
+        problem = check_request(len([s for s in pool if s != target]), spec.num_contexts,
+                                spec.ensemble)
+        if problem:
+            raise UsageError(f"{spec.source}: sub-{target}: {problem} (--context-selection "
+                             f"{spec.selection}, --ensemble {spec.ensemble}, --num-contexts "
+                             f"{spec.num_contexts}); lower --ensemble or --num-contexts, or add "
+                             "labelled subjects")
+
+
+def context_subsets(subjects: List[str], pool: List[str], spec: ContextSpec
+                    ) -> Tuple[Dict[str, List[str]], Dict[str, str]]:
+    """Distinct context subsets (key -> subjects) and each target's key; with a pool choice
+    per target (``spec.pooled``) every target gets the whole pool and its ICL node leaves it
+    out."""
+    keys, subsets, subset_of = {}, {}, {}
+    for subject in subjects:
+        chosen = tuple(pool if spec.pooled else contexts_for(subject, pool, spec))
+        if chosen not in keys:
+            keys[chosen] = f"set{len(keys)}"
+            subsets[keys[chosen]] = list(chosen)
+        subset_of[subject] = keys[chosen]
+    return subsets, subset_of
+
+
 def contexts_for(target: str, pool: List[str], spec: ContextSpec) -> List[str]:
     """The context subjects of one target: the first ``num_contexts`` pool members but itself."""
     return [s for s in pool if s != target][: spec.num_contexts]
 
 
-def describe(spec: ContextSpec) -> Dict[str, object]:
-    """A JSON-ready description, for sidecars and reports."""
-    return spec.to_dict()

@@ -66,13 +66,17 @@ def _versions() -> dict:
     return found
 
 
-def run_config(args, run_id: str) -> dict:
-    """The run's full configuration: arguments, command, versions, host and environment."""
+def run_config(arguments, run_id: str, config=None) -> dict:
+    """The run's full record: the command line's arguments (a dict or a Namespace; what
+    ``--config-file`` restores), the typed configuration (:class:`~.config.RunConfig`, when
+    given), command, versions, host and environment."""
+    arguments = arguments if isinstance(arguments, dict) else vars(arguments)
     return {
         "RunId": run_id,
         "Started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "Command": [sys.executable] + sys.argv,
-        "Arguments": _jsonable(vars(args)),
+        "Arguments": _jsonable(arguments),
+        **({"Config": config.to_dict()} if config is not None else {}),
         "Versions": dict(_versions(), python=platform.python_version()),
         "Host": {"name": socket.gethostname(), "platform": platform.platform(),
                  "cpus": os.cpu_count()},
@@ -102,7 +106,8 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:8]}"
 
 
-def setup_run_logging(output_dir, args, run_id: Optional[str] = None) -> Path:
+def setup_run_logging(output_dir, arguments, run_id: Optional[str] = None,
+                      run_configuration=None) -> Path:
     """Start this run's log file under ``<output_dir>/logs/``; save the configuration beside it.
 
     Returns the log file's path. A handler added by an earlier call in the same process is
@@ -122,7 +127,7 @@ def setup_run_logging(output_dir, args, run_id: Optional[str] = None) -> Path:
     if LOGGER.getEffectiveLevel() > logging.INFO:
         LOGGER.setLevel(logging.INFO)  # the file always gets the progress lines
     config = logs / f"neuroverse3d_{run_id}_config.json"
-    write_text_atomic(config, json.dumps(run_config(args, run_id), indent=2) + "\n")
+    write_text_atomic(config, json.dumps(run_config(arguments, run_id, run_configuration), indent=2) + "\n")
     LOGGER.info("run %s: log %s, configuration %s", run_id, log_file, config)
     return log_file
 
@@ -245,3 +250,24 @@ def isatty(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def job_tag() -> str:
+    """This job's name in log file names: the SLURM array task or job, else pid and time."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        return f"job-{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    if "SLURM_JOB_ID" in os.environ:
+        return f"job-{os.environ['SLURM_JOB_ID']}"
+    return f"pid-{os.getpid()}_{int(time.time())}"
+
+
+def container_info() -> Optional[dict]:
+    """``{"Type": ..., "Tag": ...}`` when running inside Docker or Apptainer, else None."""
+    from . import __version__
+
+    tag = os.environ.get("NEUROVERSE3D_IMAGE_TAG", __version__)
+    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
+        return {"Type": "apptainer", "Tag": tag}
+    if Path("/.dockerenv").exists():
+        return {"Type": "docker", "Tag": tag}
+    return None

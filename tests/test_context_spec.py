@@ -1,11 +1,11 @@
 """Context specifications and the choice of context subjects."""
 import json
-from types import SimpleNamespace
 
 import pytest
 
 from neuroverse_bids.context_spec import (ContextSpec, Structure, contexts_for, load_context_spec,
-                                          pick_context_pool, spec_from_args)
+                                          pick_context_pool, spec_from_config)
+from neuroverse_bids.config import WorkflowConfig
 from neuroverse_bids.workflows.errors import BadInputError, MissingInputError, UsageError
 
 
@@ -59,17 +59,15 @@ def test_invalid_json_is_a_usage_error(tmp_path):
 
 def test_flags_build_and_override_specs(tmp_path):
     (tmp_path / "labels").mkdir()
-    args = SimpleNamespace(context_spec=None, labels_dataset=tmp_path / "labels", mask=["brain"],
-                           dseg_label=["GM", "hippocampus=Left-Hippocampus+Right-Hippocampus+53"],
-                           degradation=None, output_suffix=None, num_contexts=2, context_seed=5)
-    spec = spec_from_args(args)
+    flags = WorkflowConfig(labels_dataset=tmp_path / "labels", masks=("brain",),
+                           dseg_labels=("GM", "hippocampus=Left-Hippocampus+Right-Hippocampus+53"),
+                           num_contexts=2)
+    spec = spec_from_config(flags, context_seed=5)
     assert spec.task == "segmentation" and spec.num_contexts == 2 and spec.seed == 5
     assert spec.structures == [Structure("brain", mask="brain"), Structure("GM", dseg="GM"),
                                Structure("hippocampus", dseg=["Left-Hippocampus",
                                                               "Right-Hippocampus", 53])]
-    gen = spec_from_args(SimpleNamespace(context_spec=None, labels_dataset=None, mask=None, dseg_label=None,
-                                         degradation="gaussian-noise", output_suffix=None,
-                                         num_contexts=None, context_seed=None))
+    gen = spec_from_config(WorkflowConfig(degradation="gaussian-noise"))
     assert gen.task == "generation" and gen.output_name == "denoised" and gen.num_contexts == 8
 
 

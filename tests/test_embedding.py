@@ -8,6 +8,7 @@ from nipype.pipeline import engine as pe
 
 from neuroverse_bids.context_set import ContextPair
 from neuroverse_bids.model import Neuroverse3D, save_checkpoint
+from neuroverse_bids.model.options import InferenceOptions
 from neuroverse_bids.workflows.base import init_context_set_wf, init_neuroverse3d_wf
 from neuroverse_bids.workflows.geometry import model_grid
 from neuroverse_bids.workflows.templates import get_template
@@ -41,7 +42,7 @@ def test_workflow_embeds_in_a_host_pipeline(demo_dataset, tmp_path, monkeypatch)
     context_wf.inputs.inputnode.template_file = str(template["t1w"])
     context_wf.inputs.inputnode.grid_reference = str(grid)
     icl_wf = init_neuroverse3d_wf(output_names=["brain"], task="segmentation", model=str(model),
-                                  inference={"precision": "float32", "device": "cpu"}, sloppy=True)
+                                  inference=InferenceOptions(device="cpu", precision="float32"), sloppy=True)
     icl_wf.inputs.inputnode.template_file = str(template["t1w"])
     icl_wf.inputs.inputnode.grid_reference = str(grid)
     count = pe.Node(niu.Function(function=_mask_voxels, input_names=["masks"], output_names=["voxels"]),

@@ -124,9 +124,8 @@ def test_impossible_ensembles_exit_64_before_any_work(demo_dataset, tmp_path, ex
 
 
 def test_spec_keys_and_flags(tmp_path):
-    from types import SimpleNamespace
-
-    from neuroverse_bids.context_spec import load_context_spec, spec_from_args
+    from neuroverse_bids.config import WorkflowConfig
+    from neuroverse_bids.context_spec import load_context_spec, spec_from_config
     from neuroverse_bids.workflows.errors import UsageError
 
     labels = tmp_path / "labels"
@@ -138,11 +137,8 @@ def test_spec_keys_and_flags(tmp_path):
     spec = load_context_spec(spec_file)
     assert (spec.selection, spec.ensemble, spec.pooled) == ("similar", 2, True)
     assert spec.to_dict()["selection"] == "similar" and spec.to_dict()["ensemble"] == 2
-    args = SimpleNamespace(context_spec=spec_file, labels_dataset=None, mask=None,
-                           dseg_label=None, degradation=None, output_suffix=None,
-                           num_contexts=None, context_seed=None, context_selection="random",
-                           ensemble=1)
-    spec = spec_from_args(args)
+    spec = spec_from_config(WorkflowConfig(context_spec=spec_file, context_selection="random",
+                                           ensemble=1))
     assert (spec.selection, spec.ensemble, spec.pooled) == ("random", 1, False)
     assert "selection" not in spec.to_dict() and "ensemble" not in spec.to_dict()
     spec_file.write_text(json.dumps({"labels": {"dataset": str(labels)},

@@ -77,10 +77,11 @@ def test_help_version_and_usage_errors_import_nothing_heavy(argv, tmp_path):
 def test_the_parsers_choices_are_the_registries():
     from neuroverse_bids import context_spec
     from neuroverse_bids.cli import parser
-    from neuroverse_bids.model.selection import SELECTIONS
     from neuroverse_bids.model.degradations import DEGRADATIONS
+    from neuroverse_bids.model.strategies import strategy_names
 
-    assert parser.SELECTIONS == tuple(SELECTIONS)
+    choices = {a.dest: a.choices for a in parser.build_parser()._actions}
+    assert tuple(choices["context_selection"]) == strategy_names() == ("random", "similar")
     assert parser.DEGRADATIONS == tuple(DEGRADATIONS)
     assert parser.DEFAULT_NUM_CONTEXTS == context_spec.DEFAULT_NUM_CONTEXTS
 

@@ -214,16 +214,17 @@ def test_generation_reportlets_flicker_input_and_output(fake, tmp_path):
 def test_report_nodes_get_their_facts_through_connections(fake):
     """Every report input the page depends on is a workflow connection (or a given value)."""
     from neuroverse_bids.workflows.participant import init_main_wf
+    from neuroverse_bids.workflows.plan import MainWorkflowConfig, TaskOutputs, TemplateSpace
 
     f, s = fake["files"], fake["subjects"]
-    workflow = init_main_wf(
-        targets={"01": [str(s["01"]["source"])]}, pairs=[], subsets={"set0": ["02", "03"]},
-        subset_of={"01": "set0"}, template_file=str(f["template"]),
-        grid_reference=str(f["grid"]), template=TEMPLATE, model=str(f["template"]),
-        output_names=STRUCTURES, task="segmentation", degradation="",
-        output_dir=str(fake["out"]), source_suffix="T1w", generated_suffix="",
-        static_meta=STATIC, inference={}, sloppy=True, seed=0,
-        context_pool=str(f["context_set"]), template_mask=str(f["template_mask"]))
+    workflow = init_main_wf(MainWorkflowConfig(
+        targets={"01": [str(s["01"]["source"])]}, subsets={"set0": ["02", "03"]},
+        subset_of={"01": "set0"},
+        space=TemplateSpace(TEMPLATE, str(f["template"]), str(f["template_mask"]),
+                            str(f["grid"])),
+        outputs=TaskOutputs("segmentation", tuple(STRUCTURES)), model=str(f["template"]),
+        output_dir=str(fake["out"]), static_meta=STATIC, sloppy=True, seed=0,
+        context_pool=str(f["context_set"])))
     from nipype.interfaces.utility import IdentityInterface
 
     graph = workflow._create_flat_graph()

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuroverse_bids.model.selection import (check_request, context_sets, ncc, rank_pool,
-                                             random_ordering, select)
+from neuroverse_bids.model.selection import check_request, context_sets, ncc, rank_pool, select
+from neuroverse_bids.model.strategies import seeded_ordering
 
 SHAPE = (12, 12, 12)
 
@@ -65,7 +65,7 @@ def test_select_random_is_seeded_and_similar_reports_every_score():
     first = select("random", ids, 2, 2, seed=4)
     assert first == select("random", ids, 2, 2, seed=4) and first[1] is None
     order = torch.randperm(5, generator=torch.Generator().manual_seed(4)).tolist()
-    assert first[0][0] == [ids[i] for i in order[:2]] == random_ordering(ids, 4)[:2]
+    assert first[0][0] == [ids[i] for i in order[:2]] == seeded_ordering(ids, 4)[:2]
     target = _blob(0)
     pool = [_blob(s) for s in range(1, 6)]
     pool[3] = target.copy()
@@ -73,3 +73,32 @@ def test_select_random_is_seeded_and_similar_reports_every_score():
     assert sets[0][0] == "sub-3" and set(scores) == set(ids) and scores["sub-3"] == pytest.approx(1)
     with pytest.raises(ValueError, match="selection must be"):
         select("best", ids, 2)
+
+
+def test_a_registered_strategy_reaches_the_cli_the_spec_and_the_node():
+    """One registered strategy is all it takes: the parser's choices, the spec's check, the
+    ICL node's input and ``select`` accept it, and the docs table lists it."""
+    from neuroverse_bids.cli.parser import build_parser
+    from neuroverse_bids.context_spec import ContextSpec
+    from neuroverse_bids.model import strategies
+    from neuroverse_bids.workflows.interfaces.icl import InContextPredict
+
+    def reverse(ids, **_):
+        return sorted(map(str, ids), reverse=True), None
+
+    strategy = strategies.SelectionStrategy(name="reverse-test", summary="ids backwards",
+                                            order=reverse)
+    strategies.register(strategy)
+    try:
+        args = build_parser().parse_args(["in", "out", "participant", "--context-selection",
+                                          "reverse-test"])
+        assert args.context_selection == "reverse-test"
+        spec = ContextSpec(task="generation", degradation="gaussian-noise",
+                           selection="reverse-test")
+        assert spec.check() is spec
+        assert InContextPredict(selection="reverse-test").inputs.selection == "reverse-test"
+        sets, scores = select("reverse-test", ["01", "02", "03"], size=2)
+        assert sets == [["03", "02"]] and scores is None
+        assert "| `reverse-test` | ids backwards |" in strategies.docs_table()
+    finally:
+        strategies._REGISTRY.pop("reverse-test")

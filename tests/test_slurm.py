@@ -122,23 +122,26 @@ def test_icl_node_reserves_its_memory_plan(tiny_checkpoint):
     """--mem is the scheduler's total; each ICL node reserves the predictor's plan for the
     model grid and as many processors as --omp-nthreads."""
     from neuroverse_bids.cli.parser import build_parser
-    from neuroverse_bids.cli.participant import icl_resources
+    from neuroverse_bids.config import RunConfig
+    from neuroverse_bids.resources import icl_resources
     from neuroverse_bids.model import load_checkpoint
     from neuroverse_bids.workflows.errors import UsageError
 
     model = load_checkpoint(tiny_checkpoint)
     base = ["bids", "out", "participant", "--device", "cpu", "--precision", "float32",
             "--omp-nthreads", "3"]
-    args = build_parser().parse_args(base + ["--mem", "8GB"])
-    small, inference = icl_resources(model, {"shape": [16] * 3}, 2, 4, args)
-    assert small["n_procs"] == 3 and 0 < small["mem_gb"] < 8
-    assert inference["mini_context_size"] >= 1 and inference["mem_gb"] == 8.0
-    large, _ = icl_resources(model, {"shape": [64] * 3}, 2, 4, args)
-    assert large["mem_gb"] > small["mem_gb"]
+    def sections(extra):
+        config = RunConfig.from_arguments(build_parser().parse_args(base + extra))
+        return config.inference, config.nipype
+
+    small, inference = icl_resources(model, {"shape": [16] * 3}, 2, 4, *sections(["--mem", "8GB"]))
+    assert small.n_procs == 3 and 0 < small.mem_gb < 8
+    assert inference.mini_context_size >= 1 and inference.memory_gb == 8.0
+    large, _ = icl_resources(model, {"shape": [64] * 3}, 2, 4, *sections(["--mem", "8GB"]))
+    assert large.mem_gb > small.mem_gb
     assert build_parser().parse_args(base + ["--mem", "8000"]).mem_gb == 8000 / 1024  # MB
     with pytest.raises(UsageError, match="--mem"):
-        icl_resources(model, {"shape": [64] * 3}, 2, 4,
-                      build_parser().parse_args(base + ["--mem", "300MB"]))
+        icl_resources(model, {"shape": [64] * 3}, 2, 4, *sections(["--mem", "300MB"]))
 
 
 def test_dry_run_writes_the_array_and_group_scripts(tmp_path, capsys):

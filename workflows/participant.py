@@ -1,7 +1,7 @@
 """The BIDS-App's top-level workflow: one context set per run, one ICL workflow per image."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -9,6 +9,7 @@ from nipype.pipeline import engine as pe
 from .base import init_cached_context_set_wf, init_context_set_wf, init_neuroverse3d_wf
 from .derivatives import DerivativesDataSink
 from .interfaces.reports import ImageReportlets, SubjectReport
+from .plan import MainWorkflowConfig
 
 
 def _merge_meta(info, static):
@@ -166,68 +167,67 @@ def init_report_wf(*, output_dir: str, subject: str, n_images: int, task: str,
     return workflow
 
 
-def init_main_wf(*, targets: Dict[str, Sequence[str]], pairs: Sequence,
-                 subsets: Dict[str, Sequence[str]], subset_of: Dict[str, str],
-                 template_file: str, grid_reference: str, template: str, model: str,
-                 output_names: List[str], task: str, degradation: str, output_dir: str,
-                 source_suffix: str, generated_suffix: str, static_meta: Dict,
-                 inference: Dict, sloppy: bool, seed: int, context_pool: str = "",
-                 icl_resources: Dict = None, template_mask: str = "",
-                 ensemble: Dict = None, name: str = "neuroverse3d_wf"):
-    """All participants of a run: per image the ICL workflow and the derivatives (with the
-    reportlets), per subject the report page.
+def init_main_wf(config: MainWorkflowConfig, *, name: str = "neuroverse3d_wf"):
+    """All participants of a run (:class:`~.plan.MainWorkflowConfig`): per image the ICL
+    workflow and the derivatives (with the reportlets), per subject the report page.
 
-    targets: subject -> its native images; subset_of: subject -> key of its context subset.
-    template_mask: the template's brain mask (outline of the registration flicker).
-    context_pool: the stacked pool of the context cache (then ``pairs`` are not registered
-    here); icl_resources: ``mem_gb``/``n_procs`` of each ICL node.
-    ensemble: context selection and ensemble inputs of the ICL nodes (``selection``,
-    ``ensemble``, ``num_contexts``, ``similarity_mask``); each node then chooses its members
-    out of the subset, leaving its own subject out.
+    With ``config.context_pool`` (the stacked pool of the context cache) the context pairs are
+    not registered here; with ``config.ensemble`` each ICL node chooses its members out of its
+    subset, leaving its own subject out.
     """
+    space, outputs, ensemble = config.space, config.outputs, config.ensemble
+    output_names = list(outputs.names)
     workflow = pe.Workflow(name=name)
-    if context_pool:
-        context_wf = init_cached_context_set_wf(context_pool=context_pool, subsets=subsets)
+    if config.context_pool:
+        context_wf = init_cached_context_set_wf(context_pool=config.context_pool,
+                                                subsets=config.subsets)
     else:
-        context_wf = init_context_set_wf(pairs=pairs, subsets=subsets, task=task,
-                                         degradation=degradation, sloppy=sloppy, seed=seed)
-        context_wf.inputs.inputnode.template_file = template_file
-        context_wf.inputs.inputnode.grid_reference = grid_reference
-    resources = {f"icl_{k}": v for k, v in (icl_resources or {}).items()}
-    members = (ensemble or {}).get("ensemble", 1)
+        context_wf = init_context_set_wf(pairs=config.pairs, subsets=config.subsets,
+                                         task=outputs.task, degradation=outputs.degradation,
+                                         sloppy=config.sloppy, seed=config.seed)
+        context_wf.inputs.inputnode.template_file = space.t1w
+        context_wf.inputs.inputnode.grid_reference = space.grid_reference
+    members = ensemble.ensemble if ensemble else 1
+    static_meta = config.static_meta
     # what the pages show of the run (volatile entries would rerun the report nodes)
     report_meta = {k: static_meta[k] for k in ("ContextSpec", "Template", "Software")
                    if k in static_meta}
-    for subject, images in targets.items():
-        report_wf = init_report_wf(output_dir=output_dir, subject=subject, n_images=len(images),
-                                   task=task, output_names=output_names,
-                                   grid_reference=grid_reference, static_meta=report_meta,
+    for subject, images in config.targets.items():
+        subset = config.subset_of[subject]
+        report_wf = init_report_wf(output_dir=config.output_dir, subject=subject,
+                                   n_images=len(images), task=outputs.task,
+                                   output_names=output_names,
+                                   grid_reference=space.grid_reference, static_meta=report_meta,
                                    name=f"report_sub_{subject}_wf")
-        workflow.connect([(context_wf, report_wf, [(f"outputnode.{subset_of[subject]}",
+        workflow.connect([(context_wf, report_wf, [(f"outputnode.{subset}",
                                                     "inputnode.context_set")])])
         for index, image in enumerate(images):
             suffix = f"_{index}" if len(images) > 1 else ""
-            icl_wf = init_neuroverse3d_wf(output_names=output_names, task=task, model=model,
-                                          inference=inference, sloppy=sloppy, seed=seed,
-                                          ensemble=ensemble, exclude=[subject] if ensemble else (),
-                                          name=f"sub_{subject}{suffix}_wf", **resources)
+            icl_wf = init_neuroverse3d_wf(output_names=output_names, task=outputs.task,
+                                          model=config.model, inference=config.inference,
+                                          sloppy=config.sloppy, seed=config.seed,
+                                          resources=config.resources, ensemble=ensemble,
+                                          exclude=[subject] if ensemble else (),
+                                          name=f"sub_{subject}{suffix}_wf")
             icl_wf.inputs.inputnode.in_file = str(image)
-            icl_wf.inputs.inputnode.template_file = template_file
-            icl_wf.inputs.inputnode.grid_reference = grid_reference
-            ds_wf = init_ds_wf(output_dir=output_dir, output_names=output_names, task=task,
-                               template=template, source_suffix=source_suffix,
-                               generated_suffix=generated_suffix, static_meta=static_meta,
-                               template_file=template_file, template_mask=template_mask,
-                               ensemble=members, name=f"ds_sub_{subject}{suffix}_wf")
+            icl_wf.inputs.inputnode.template_file = space.t1w
+            icl_wf.inputs.inputnode.grid_reference = space.grid_reference
+            ds_wf = init_ds_wf(output_dir=config.output_dir, output_names=output_names,
+                               task=outputs.task, template=space.name,
+                               source_suffix=outputs.source_suffix,
+                               generated_suffix=outputs.generated_suffix,
+                               static_meta=static_meta, template_file=space.t1w,
+                               template_mask=space.brain_mask, ensemble=members,
+                               name=f"ds_sub_{subject}{suffix}_wf")
             ds_wf.inputs.inputnode.source_file = str(image)
             fields = ["forward_transform", "inverse_transform", "template_outputs",
                       "native_outputs", "info"]
-            if task == "segmentation":
+            if outputs.task == "segmentation":
                 fields += ["native_masks", "native_dseg", "template_masks", "template_dseg"]
             if members > 1:
                 fields += ["template_spread", "native_spread"]
             workflow.connect([
-                (context_wf, icl_wf, [(f"outputnode.{subset_of[subject]}", "inputnode.context_set")]),
+                (context_wf, icl_wf, [(f"outputnode.{subset}", "inputnode.context_set")]),
                 (icl_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields]),
                 (ds_wf, report_wf, [("outputnode.report_facts", f"inputnode.image{index}")]),
             ])

@@ -6,13 +6,12 @@ Writes ``group_volumes.tsv`` (one row per image, one column per structure, mm^3)
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..config import RunConfig
 from ..workflows.reports.group import build_group_report
 
 
-def run_group(bids_dir: Path, output_dir: Path, args) -> int:
-    written = build_group_report(output_dir)
+def run_group(config: RunConfig) -> int:
+    written = build_group_report(config.execution.output_dir)
     print(f"neuroverse3d: wrote {written['table']} ({written['rows']} rows, structures: "
           f"{', '.join(written['structures'])})")
     print(f"neuroverse3d: wrote {written['page']}")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from .. import __version__
 from ..model.spaces import DEFAULT_TEMPLATE, OFFLINE_TEMPLATE
+from ..model.strategies import strategies
 from .boutiques import BoutiquesAction
 from .options import ExitCode64Parser, add_inference_options, memory_size, positive_int
 
 #: ``context_spec.DEFAULT_NUM_CONTEXTS``
 DEFAULT_NUM_CONTEXTS = 8
-#: the names of ``model.selection.SELECTIONS`` and ``model.degradations.DEGRADATIONS``
-SELECTIONS = ("random", "similar")
+#: the names of ``model.degradations.DEGRADATIONS`` (a torch module; a test checks them)
 DEGRADATIONS = ("bias-field", "gaussian-noise", "salt-pepper", "inpainting", "downsample-x2")
 
 
@@ -98,10 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble = parser.add_argument_group(
         "Context selection and ensembles", "Which pool subjects each target gets as context, "
         "and how many predictions are averaged (their spread is written as an uncertainty map).")
-    ensemble.add_argument("--context-selection", choices=SELECTIONS,
-                          help="random: a seeded draw; similar: the most similar labelled "
-                               "subjects by normalised cross-correlation on the model grid "
-                               "(default: random, or the spec's \"selection\")")
+    ensemble.add_argument("--context-selection", choices=tuple(strategies()),
+                          help="; ".join(f"{s.name}: {s.summary}" for s in strategies().values())
+                               + " (default: random, or the spec's \"selection\")")
     ensemble.add_argument("--ensemble", type=positive_int, metavar="K",
                           help="average K predictions from K distinct context sets and write "
                                "their per-voxel standard deviation (desc-spread) (default: 1, "

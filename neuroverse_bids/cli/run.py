@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import List
 
+from ..config import ExecutionConfig, RunConfig
 from ..errors import RunStopped, SIGNAL_NAMES, run_with_exit_codes, stop_on_signals
 from ..logs import new_run_id, setup_console, setup_run_logging
 from ..workflows.errors import MissingInputError, NeuroverseError, OutputError, UsageError
@@ -73,21 +74,6 @@ def remove_created(created: List[Path]):
             return
 
 
-def read_participant_file(path: Path) -> list:
-    """Labels from ``--participant-label-file``: one a line, ``sub-`` optional, ``#`` comments."""
-    if not path.is_file():
-        raise MissingInputError(f"{path}: participant label file not found")
-    labels = []
-    for line in path.read_text().splitlines():
-        label = line.split("#", 1)[0].strip()
-        if label:
-            labels.append(label[4:] if label.startswith("sub-") else label)
-    if not labels:
-        raise UsageError(f"{path}: no participant labels in this file; write one label a line "
-                         "(e.g. 01 or sub-01)")
-    return labels
-
-
 def seed_everything(seed: int):
     """``--random-seed``: Python's, NumPy's and PyTorch's global generators of this process."""
     import random
@@ -104,7 +90,7 @@ def seed_everything(seed: int):
         pass
 
 
-def plugin_settings(args) -> dict:
+def plugin_settings(config: RunConfig) -> dict:
     """Nipype plugin and its arguments: ``--use-plugin`` file, else MultiProc / Linear.
 
     MultiProc runs as ``SafeMultiProc`` (``execution.py``): its workers die with this process
@@ -119,8 +105,9 @@ def plugin_settings(args) -> dict:
 
     nipype_config.set("execution", "poll_sleep_duration", "0.1")
 
-    if args.use_plugin is not None:
-        path = args.use_plugin
+    nipype = config.nipype
+    if nipype.use_plugin is not None:
+        path = nipype.use_plugin
         if not path.is_file():
             raise UsageError(f"{path}: plugin settings file not found")
         text = path.read_text()
@@ -136,57 +123,57 @@ def plugin_settings(args) -> dict:
             raise UsageError(f"{path}: needs a 'plugin' key (and optionally 'plugin_args')")
         settings.setdefault("plugin_args", {})
     else:
-        nprocs = args.nprocs or os.cpu_count() or 1
+        nprocs = nipype.nprocs or os.cpu_count() or 1
         if nprocs == 1:
             return {"plugin": "Linear", "plugin_args": {}}
         # forkserver, not fork: workers must not inherit the OpenMP thread pool that loading
         # the model started in this process (torch in a forked child then deadlocks)
         settings = {"plugin": "MultiProc", "plugin_args": {
             "n_procs": nprocs, "raise_insufficient": False, "mp_context": "forkserver"}}
-        if args.mem_gb:
-            settings["plugin_args"]["memory_gb"] = args.mem_gb
+        if config.inference.mem_gb:
+            settings["plugin_args"]["memory_gb"] = config.inference.mem_gb
     if settings["plugin"] == "MultiProc":
         register_plugin()
         log_file = current_log_file()
         settings = {"plugin": "SafeMultiProc", "plugin_args": dict(
             settings["plugin_args"], log_file=str(log_file) if log_file else None,
-            verbose=args.verbose_count)}
+            verbose=config.execution.verbose_count)}
     return settings
 
 
-def reports_only(args, output_dir: Path) -> int:
+def reports_only(execution: ExecutionConfig) -> int:
     """``--reports-only``: rebuild the reports from what a run wrote (the facts its report
     nodes saved, the crash files in ``logs/``); nothing else runs and nothing is locked."""
+    output_dir = execution.output_dir
     if not output_dir.is_dir():
         raise MissingInputError(f"{output_dir}: no output folder to rebuild reports from; run "
                                 "the participant level first")
     from ..workflows.reports.rebuild import rebuild_reports
 
-    pages = rebuild_reports(output_dir, participants=args.participant_label)
+    labels = list(execution.participant_label) if execution.participant_label else None
+    pages = rebuild_reports(output_dir, participants=labels)
     pages = [pages] if isinstance(pages, (str, Path)) else list(pages or [])
     print(f"neuroverse3d: rebuilt {len(pages)} report(s)"
           + (f": {', '.join(str(p) for p in pages)}" if pages else ""))
     return 0
 
 
-def run(args) -> int:
-    setup_console(args.verbose_count)
-    bids_dir = args.bids_dir.resolve()
-    output_dir = args.output_dir.resolve()
-    work_dir = (args.work_dir or Path("work")).resolve()
-    if args.participant_label_file is not None:
-        args.participant_label = list(dict.fromkeys(
-            (args.participant_label or []) + read_participant_file(args.participant_label_file)))
-    if args.reports_only:
-        return reports_only(args, output_dir)
+def run(config: RunConfig, arguments: dict) -> int:
+    """Run what ``config`` says; ``arguments``: the parsed command line, saved for
+    ``--config-file`` beside the configuration."""
+    execution = config.execution
+    setup_console(execution.verbose_count)
+    if execution.reports_only:
+        return reports_only(execution)
+    bids_dir, output_dir, work_dir = execution.bids_dir, execution.output_dir, execution.work_dir
     check_paths(bids_dir, output_dir, work_dir)
-    run_id = new_run_id()
-    if args.analysis_level == "group":
+    run_id = execution.run_id
+    if execution.analysis_level == "group":
         from .group import run_group
 
         writable(output_dir)
-        setup_run_logging(output_dir, args, run_id)
-        return run_group(bids_dir, output_dir, args)
+        setup_run_logging(output_dir, arguments, run_id, config)
+        return run_group(config)
 
     from ..locks import WorkDirLock
     from .participant import plan_participant_run, run_workflow
@@ -199,14 +186,11 @@ def run(args) -> int:
         raise
     try:
         writable(output_dir)
-        setup_run_logging(output_dir, args, run_id)  # saves the arguments as given
-        if args.random_seed is not None:
-            seed_everything(args.random_seed)
-            # one seed for every choice of the run; an explicit --context-seed still wins
-            if args.context_seed is None:
-                args.context_seed = args.random_seed
-        plan = plan_participant_run(args, bids_dir, output_dir, work_dir)
-        return run_workflow(plan, plugin_settings(args), args)
+        setup_run_logging(output_dir, arguments, run_id, config)
+        if config.seeds.random_seed is not None:
+            seed_everything(config.seeds.random_seed)
+        plan = plan_participant_run(config)
+        return run_workflow(plan, plugin_settings(config), config)
     finally:
         lock.release()
 
@@ -239,20 +223,20 @@ def remove_temporaries(output_dir: Path, labels, since: float):
                 pass
 
 
-def stopped(interrupt: KeyboardInterrupt, args, argv: List[str], since: float) -> RunStopped:
+def stopped(interrupt: KeyboardInterrupt, execution: ExecutionConfig, argv: List[str],
+            since: float) -> RunStopped:
     """The one line for a run stopped by a signal: which signal, what is kept, how to resume.
     Removes the temporary files the run's killed workers left (``since``: its start)."""
     from ..progress import finished_participants
 
     code = getattr(interrupt, "exit_code", 130)
     kept = []
-    if args.analysis_level == "participant" and not args.reports_only:
-        remove_temporaries(args.output_dir.resolve(), args.participant_label, since)
-        work_dir = (args.work_dir or Path("work")).resolve()
-        kept.append(f"the work folder {work_dir} (its finished steps are reused)")
+    if execution.analysis_level == "participant" and not execution.reports_only:
+        remove_temporaries(execution.output_dir, execution.participant_label, since)
+        kept.append(f"the work folder {execution.work_dir} (its finished steps are reused)")
         done = finished_participants()
         if done:
-            kept.append(f"the outputs of {', '.join(done)} in {args.output_dir.resolve()}")
+            kept.append(f"the outputs of {', '.join(done)} in {execution.output_dir}")
     return RunStopped(
         f"interrupted by {SIGNAL_NAMES.get(code - 128, f'signal {code - 128}')}; no partial "
         f"file was left; kept: {' and '.join(kept) or 'nothing to keep'}; resume with: "
@@ -277,11 +261,14 @@ def main(argv=None) -> int:
 
     def guarded(args):
         since = time.time()
+        config = RunConfig.from_arguments(args, run_id=new_run_id())
+        labels = config.execution.participant_label
+        arguments = dict(vars(args), participant_label=list(labels) if labels else None)
         with stop_on_signals():
             try:
-                return run(args)
+                return run(config, arguments)
             except KeyboardInterrupt as interrupt:  # SIGINT or SIGTERM
-                raise stopped(interrupt, args, argv, since) from None
+                raise stopped(interrupt, config.execution, argv, since) from None
 
     return run_with_exit_codes("neuroverse3d", guarded, args)
 

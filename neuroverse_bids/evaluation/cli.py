@@ -40,7 +40,7 @@ from .. import __version__
 from ..cli.options import ExitCode64Parser, positive_int
 from ..errors import ExitCode, run_with_exit_codes
 from ..workflows.errors import BadInputError, MissingInputError, OutputError, UsageError
-from ..model.selection import SELECTIONS
+from ..model.strategies import strategy_names
 from .comparison import compare, markdown, plot_reliability
 from .protocol import BASELINES, CONTEXT_SIZES, DEFAULT_TASKS, Evaluator, load_structures
 from .report import summarise, write_outputs
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluate at most this many test subjects per dataset (quick runs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of splits and draws (default 0)")
     group = parser.add_argument_group("context selection and ensembles (segmentation)")
-    group.add_argument("--selection", nargs="+", choices=SELECTIONS, default=["random"],
+    group.add_argument("--selection", nargs="+", choices=strategy_names(), default=["random"],
                        help="context selection(s) to evaluate (default: random)")
     group.add_argument("--ensemble", nargs="+", type=positive_int, default=[1], metavar="K",
                        help="ensemble size(s) to evaluate (default: 1, one prediction)")

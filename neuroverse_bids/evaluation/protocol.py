@@ -12,7 +12,8 @@ import torch
 
 from ..anatomy.synth import subject_seed
 from ..model.ensemble import EnsembleResult, RunningMoments, structure_uncertainty
-from ..model.selection import check_request, context_sets, random_ordering, rank_pool
+from ..model.selection import check_request, context_sets, rank_pool
+from ..model.strategies import seeded_ordering
 from ..model.training import SEGMENTATION, VolumeLoader, dice, make_pair, psnr, read_structures
 from ..model.training.manifest import named_structures, structures_file
 from ..workflows.errors import BadInputError, MissingInputError
@@ -139,7 +140,7 @@ class Evaluator:
                 ranking = None
                 for size in sizes:
                     for draw in range(self.draws):
-                        ordering = random_ordering(pool, draw_seed(self.seed, dataset.name, size,
+                        ordering = seeded_ordering(pool, draw_seed(self.seed, dataset.name, size,
                                                                    draw, index))
                         sets = [[subjects[i] for i in ids]
                                 for ids in context_sets(ordering, size, members)]

@@ -17,7 +17,6 @@ from nipype.interfaces.base import (
 )
 
 from ...model.intensity import normalise_intensity
-from ...model.selection import SELECTIONS
 from ..niftiio import load_volume, node_file, write_nifti_atomic
 
 
@@ -133,9 +132,10 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
     precision = traits.Str("auto", usedefault=True)
     mini_context_size = traits.Either(traits.Int, traits.Str, default="auto", usedefault=True)
     mem_gb = traits.Either(None, traits.Float, default=None, usedefault=True)
-    selection = traits.Enum(*SELECTIONS, usedefault=True,
-                            desc="random: the set's first num_contexts pairs (in its seeded "
-                            "order) but the target's; similar: the most similar by NCC")
+    selection = traits.Str("random", usedefault=True,
+                           desc="a registered selection strategy (model.strategies): random "
+                                "takes the set's first num_contexts pairs (in its seeded order) "
+                                "but the target's; similar the most similar by NCC")
     ensemble = traits.Range(low=1, value=1, usedefault=True,
                             desc="members: distinct context sets out of the set, run one by one")
     num_contexts = traits.Int(0, usedefault=True, desc="pairs per member; 0: the whole set")

@@ -1,0 +1,82 @@
+"""Context-selection strategies: which labelled pool subjects each target gets as context.
+
+A strategy is one module of this package that calls :func:`register` with a
+:class:`SelectionStrategy`; the registry finds every module here, so adding a strategy adds one
+file and nothing else. The command line's choices (``--context-selection``), the context spec's
+``selection``, the ICL node, the evaluation, the docs table (``neuroverse3d
+--list-selections``) and the report read the registry. Strategy modules import nothing heavy
+at module level (``--help`` reads the registry without torch or NumPy).
+
+    from neuroverse_bids.model.strategies import get_strategy, strategy_names
+    order, scores = get_strategy("similar").order(ids, target=t, pool_images=p, mask=m, seed=0)
+"""
+from __future__ import annotations
+
+import pkgutil
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+#: (ids, target=, pool_images=, mask=, seed=, ordering=) -> (pool ordering, {id: score} or None)
+Order = Callable[..., Tuple[List[str], Optional[Dict[str, float]]]]
+
+
+@dataclass(frozen=True)
+class SelectionStrategy:
+    """``name`` (the spelling users write); ``summary`` (one sentence: help, docs, report);
+    ``compares_images``: it reads the target and the pool images on the model grid (the app
+    then gives it the template brain mask there); ``order``: the pool in the order the context
+    sets are taken from (:func:`~..selection.context_sets`: disjoint windows first);
+    ``stacks_all``: a run stacks every labelled subject for it (else the first K*L+1 of the
+    seeded shuffle, enough for K disjoint sets whichever target is left out)."""
+
+    name: str
+    summary: str
+    order: Order
+    compares_images: bool = False
+    stacks_all: bool = False
+
+
+_REGISTRY: Dict[str, SelectionStrategy] = {}
+
+
+def register(strategy: SelectionStrategy) -> SelectionStrategy:
+    """Add ``strategy`` under its name (a second strategy of the same name is an error)."""
+    if strategy.name in _REGISTRY and _REGISTRY[strategy.name] is not strategy:
+        raise ValueError(f"a selection strategy named {strategy.name!r} is already registered")
+    _REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def strategies() -> Dict[str, SelectionStrategy]:
+    """Every registered strategy by name (``random`` first, then alphabetical)."""
+    for module in pkgutil.iter_modules(__path__):
+        import_module(f"{__name__}.{module.name}")
+    names = sorted(_REGISTRY, key=lambda n: (n != "random", n))
+    return {name: _REGISTRY[name] for name in names}
+
+
+def strategy_names() -> Tuple[str, ...]:
+    return tuple(strategies())
+
+
+def get_strategy(name: str) -> SelectionStrategy:
+    """The strategy ``name``; ``ValueError`` naming the choices otherwise."""
+    found = strategies()
+    if name not in found:
+        raise ValueError(f"selection must be one of {', '.join(found)}, got {name!r}")
+    return found[name]
+
+
+def docs_table() -> str:
+    """The strategies as a Markdown table (the README's and ``--list-selections``')."""
+    rows = [f"| `{s.name}` | {s.summary} |" for s in strategies().values()]
+    return "\n".join(["| selection | what it does |", "| --- | --- |", *rows])
+
+
+def seeded_ordering(ids: Sequence[str], seed: int) -> List[str]:
+    """The pool in a seeded random order (torch's ``randperm``)."""
+    import torch
+
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [str(ids[i]) for i in order]
