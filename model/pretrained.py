@@ -29,6 +29,11 @@ def default_model_path(version: str = "default") -> Path:
     return path
 
 
+def resolve_model_path(path=None) -> Path:
+    """``path`` made absolute, else the bundled weights (a command's ``--model``)."""
+    return Path(path).resolve() if path is not None else default_model_path()
+
+
 def load_default_model(version: str = "default"):
     """:class:`~.network.Neuroverse3D` with the bundled weights and their metadata (grid,
     template, provenance), in eval mode."""

@@ -62,7 +62,6 @@ def _who() -> dict:
     return {"Host": socket.gethostname(), "PID": os.getpid(), **job}
 
 
-
 def check_entry(entry: Path, request: dict) -> Optional[str]:
     """None when ``entry`` is complete and was built for ``request``; else why not."""
     manifest_path = entry / MANIFEST
@@ -190,31 +189,44 @@ def pool_request(spec, pairs, grid: Dict, template: str, template_file, sloppy: 
 def build_pool(folder: Path, *, pairs, template_file, grid_reference, task: str,
                degradation: str, sloppy: bool, seed: int, plugin: dict, work_dir: Path):
     """Register and resample ``pairs`` with :func:`init_context_set_wf` (its nodes run through
-    ``plugin``), then copy each pair on the grid and the stacked pool into ``folder``."""
+    ``plugin``); a node fed by its outputnode copies each pair on the grid and the stacked pool
+    into ``folder``."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
     from .workflows.base import init_context_set_wf
 
     subjects = [p.subject for p in pairs]
-    workflow = init_context_set_wf(pairs=pairs, subsets={"pool": subjects}, task=task,
-                                   degradation=degradation, sloppy=sloppy, seed=seed)
-    workflow.inputs.inputnode.template_file = str(template_file)
-    workflow.inputs.inputnode.grid_reference = str(grid_reference)
-    workflow.base_dir = str(Path(work_dir) / "context_cache_build")
+    context_wf = init_context_set_wf(pairs=pairs, subsets={"pool": subjects}, task=task,
+                                     degradation=degradation, sloppy=sloppy, seed=seed)
+    context_wf.inputs.inputnode.template_file = str(template_file)
+    context_wf.inputs.inputnode.grid_reference = str(grid_reference)
+    copy = pe.Node(niu.Function(function=copy_entry_files, output_names=[]),
+                   name="copy_entry_files", overwrite=True)  # a new folder every build
+    copy.inputs.folder = str(folder)
+    copy.inputs.subjects = subjects
+    copy.inputs.pool_name = POOL_FILE
+    workflow = pe.Workflow(name="context_cache_build", base_dir=str(work_dir))
+    workflow.connect([(context_wf, copy, [("outputnode.pool", "pool"),
+                                          ("outputnode.pair_images", "pair_images"),
+                                          ("outputnode.pair_outputs", "pair_outputs")])])
     workflow.config["execution"].update({"hash_method": "content", "crashfile_format": "txt",
                                          "crashdump_dir": str(Path(work_dir) / "crash"),
                                          "remove_unnecessary_outputs": False})
-    graph = workflow.run(plugin=plugin["plugin"], plugin_args=plugin.get("plugin_args", {}))
-    nodes = {node.fullname: node for node in graph.nodes()}
-    (folder / "pairs").mkdir()
+    workflow.run(plugin=plugin["plugin"], plugin_args=plugin.get("plugin_args", {}))
 
-    def result(name):
-        match = [n for full, n in nodes.items() if full.endswith(name)]
-        return match[0].result.outputs.out_file if match else None
 
-    for subject in subjects:
-        shutil.copyfile(result(f"context_sub_{subject}_wf.image_to_grid"),
-                        folder / "pairs" / f"sub-{subject}_image.nii.gz")
-        outputs = result(f"context_sub_{subject}_wf.outputs_to_grid") or []
+def copy_entry_files(folder, subjects, pair_images, pair_outputs, pool, pool_name):
+    """Copy each pair on the grid (``pairs/sub-<label>_image.nii.gz``,
+    ``pairs/sub-<label>_output-<index>.nii.gz``) and the stacked pool (``pool_name``) into the
+    entry ``folder``. Runs as a Nipype Function node: self-contained."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(folder)
+    (folder / "pairs").mkdir(exist_ok=True)
+    for subject, image, outputs in zip(subjects, pair_images, pair_outputs):
+        shutil.copyfile(image, folder / "pairs" / f"sub-{subject}_image.nii.gz")
         for index, path in enumerate(outputs if isinstance(outputs, list) else [outputs]):
             shutil.copyfile(path, folder / "pairs" / f"sub-{subject}_output-{index}.nii.gz")
-    stack = [n for full, n in nodes.items() if full.endswith(".stack_pool")][0]
-    shutil.copyfile(stack.result.outputs.context_set, folder / POOL_FILE)
+    shutil.copyfile(pool, folder / pool_name)

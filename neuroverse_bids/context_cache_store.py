@@ -3,8 +3,8 @@
 :mod:`.context_cache` builds and verifies entries (``<cache>/<key>/``); this module keeps the
 folder's bookkeeping beside them::
 
-    <cache>/<key>.lock    exclusive POSIX lock (fcntl.lockf, honoured over NFS) while a process
-                          builds, checks or removes the entry
+    <cache>/<key>.lock    exclusive POSIX lock (:mod:`.locks`, honoured over NFS) while a
+                          process builds, checks or removes the entry
     <cache>/<key>.use     shared POSIX lock of every live run that reads the entry; its mtime is
                           the entry's last use (least recently used entries are evicted first)
 
@@ -19,8 +19,6 @@ prunes and clears a cache.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -31,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
+from .locks import NoFileLocks, lock_file, same_file, unlock_file
 from .workflows.errors import UsageError
 
 LOGGER = logging.getLogger("neuroverse3d")
@@ -43,18 +42,10 @@ STALE_LOCK_SECONDS = 6 * 3600
 DEFAULT_MAX_GB = 5.0
 MAX_GB_VARIABLE = "NEUROVERSE3D_CONTEXT_CACHE_MAX_GB"
 GB = 1024 ** 3
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
-#: ``.use`` files this process holds: path -> [fd (None without POSIX locks), count]. POSIX
-#: locks belong to the process, and closing *any* descriptor of a file drops them, so the
-#: process never opens a file it holds a second time.
+#: ``.use`` files this process holds: path -> [fd (None without POSIX locks), count]. Closing
+#: *any* descriptor of a file drops the process's locks on it (:mod:`.locks`), so the process
+#: never opens a file it holds a second time.
 _HELD: Dict[str, list] = {}
-
-
-def _same_file(path: Path, fd: int) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
 
 
 @contextmanager
@@ -67,26 +58,30 @@ def cache_lock(path: Path, poll: float = 1.0, blocking: bool = True):
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno in _NO_LOCKS:
-                os.close(fd)
-                with _folder_lock(path.with_name(path.name + ".d"), poll, blocking) as locked:
-                    yield locked
-                return
+            locked = lock_file(fd, blocking=False)
+        except NoFileLocks:
+            os.close(fd)
+            with _folder_lock(path.with_name(path.name + ".d"), poll, blocking) as locked:
+                yield locked
+            return
+        if not locked:
             if not blocking:
                 os.close(fd)
                 yield False
                 return
             LOGGER.info("waiting for %s: another process is building this context set", path)
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-        if _same_file(path, fd):
+            try:
+                lock_file(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        if same_file(path, fd):
             break
         os.close(fd)
     try:
         yield True
     finally:
-        fcntl.lockf(fd, fcntl.LOCK_UN)
+        unlock_file(fd)
         os.close(fd)
 
 
@@ -144,12 +139,13 @@ def hold(entry: Path):
     if held is None:
         fd = os.open(use, os.O_RDWR | os.O_CREAT, 0o664)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_SH)
-        except OSError as error:
+            lock_file(fd, shared=True)
+        except NoFileLocks:
             os.close(fd)
-            if error.errno not in _NO_LOCKS:
-                raise
             fd = None  # no locks: the recent mtime keeps the entry (see in_use)
+        except BaseException:
+            os.close(fd)
+            raise
         held = _HELD[str(use)] = [fd, 0]
     held[1] += 1
     os.utime(use)
@@ -186,14 +182,14 @@ def in_use(cache_dir: Path, key: str) -> bool:
     except PermissionError:  # another user's cache: cannot tell, so never remove it
         return True
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno in _NO_LOCKS:
-            return time.time() - os.fstat(fd).st_mtime < STALE_LOCK_SECONDS
-        return True
-    else:
-        fcntl.lockf(fd, fcntl.LOCK_UN)
+        if not lock_file(fd, blocking=False):
+            return True
+        unlock_file(fd)
         return False
+    except NoFileLocks:
+        return time.time() - os.fstat(fd).st_mtime < STALE_LOCK_SECONDS
+    except OSError:  # cannot tell, so never remove it
+        return True
     finally:
         os.close(fd)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import nibabel as nb
 import numpy as np
@@ -302,8 +302,3 @@ def check_pair(pair: ContextPair):
                 what = f"label(s) {values}" if values is not None else "mask"
                 raise BadInputError(f"{output}: the {what} is empty; fix the label file or leave "
                                     f"sub-{pair.subject} out of the context")
-
-
-def source_files(pairs: Sequence[ContextPair]) -> List[Path]:
-    """Every file the pairs read, for checksums."""
-    return [p for pair in pairs for p in (pair.image, *pair.outputs)]

@@ -1,15 +1,31 @@
-"""One live run per work folder: ``<work_dir>/neuroverse3d.lock``.
+"""File locks, and one live run per work folder (``<work_dir>/neuroverse3d.lock``).
 
-Two runs sharing a work folder overwrite each other's half-written node folders, so a run
-holds an exclusive ``flock`` on the lock file for its whole life and writes who it is into it
-(host, PID, start time, command). The kernel drops the lock when the process dies, however it
-dies (``kill -9``, the out-of-memory killer), so a dead run's lock is simply taken over. Where
-the file system refuses ``flock``, the recorded PID decides instead: a lock of this host whose
-process is gone (or is another process reusing the PID) is taken over; a lock of another host
-is respected.
+**The lock primitive** (:func:`lock_file`, :func:`unlock_file`, :func:`same_file`): a POSIX
+record lock (``fcntl.lockf``) on the whole file open as a descriptor, shared (many readers) or
+exclusive (one holder), waiting for other processes (blocking) or answering at once
+(non-blocking). POSIX locks are honoured across hosts on NFS (the network lock manager), and
+the kernel drops them when their process dies, however it dies (``kill -9``, the out-of-memory
+killer). They belong to the process, not to the descriptor, which has two consequences every
+caller keeps in mind:
 
-A second run is refused with :class:`WorkDirLockedError` (exit code 75, ``EX_TEMPFAIL``:
-try again when the other run finished, or choose another ``-w``).
+* a process never conflicts with itself: two locks it takes on one file both succeed, so it
+  keeps its own record of what it holds;
+* closing *any* descriptor of the file drops all of the process's locks on it, so a holder
+  reads and writes its lock file through the locked descriptor only, and never opens it again.
+
+A lock lasts until :func:`unlock_file` or the descriptor's close. Where the file system (or the
+platform) has no POSIX locks, :func:`lock_file` raises :class:`NoFileLocks` and the caller falls
+back on something else: the work folder on the recorded PID (below), the context cache on lock
+folders (:mod:`.context_cache_store`). A lock file that another process may remove or replace
+is checked with :func:`same_file` once locked.
+
+**The work folder.** Two runs sharing a work folder overwrite each other's half-written node
+folders, so a run holds an exclusive lock on ``neuroverse3d.lock`` for its whole life and
+writes who it is into it (host, PID, start time, command); a dead run's lock is simply taken
+over. Where the file system has no locks, the recorded PID decides instead: a lock of this host
+whose process is gone (or is another process reusing the PID) is taken over; a lock of another
+host is respected. A second run is refused with :class:`WorkDirLockedError` (exit code 75,
+``EX_TEMPFAIL``: try again when the other run finished, or choose another ``-w``).
 """
 from __future__ import annotations
 
@@ -21,17 +37,73 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks
+    fcntl = None
 
 from .errors import ExitCode
 from .workflows.errors import NeuroverseError, OutputError
 
 LOGGER = logging.getLogger("neuroverse3d")
 LOCK_NAME = "neuroverse3d.lock"
+#: what ``fcntl.lockf`` answers on a file system without POSIX locks
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+#: what it answers when another process holds a conflicting lock (non-blocking)
+_HELD_ELSEWHERE = (errno.EAGAIN, errno.EACCES)
 
 
+# -------------------------------------------------------------------------- the primitive
+class NoFileLocks(OSError):
+    """The file system (or the platform) has no POSIX locks."""
+
+
+def lock_file(fd: int, *, shared: bool = False, blocking: bool = True) -> bool:
+    """Lock the whole file open as ``fd``: shared (``fd`` open for reading) or exclusive
+    (``fd`` open for writing).
+
+    True: this process holds the lock until :func:`unlock_file` or the descriptor's close.
+    False: another process holds a conflicting lock (only when not ``blocking``; blocking
+    waits for it to go). Raises :class:`NoFileLocks` where there are no POSIX locks.
+    """
+    if fcntl is None:
+        raise NoFileLocks(errno.ENOSYS, "no POSIX file locks on this platform")
+    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+    try:
+        fcntl.lockf(fd, operation)
+    except OSError as error:
+        if error.errno in _NO_LOCKS:
+            raise NoFileLocks(error.errno, error.strerror) from None
+        if not blocking and error.errno in _HELD_ELSEWHERE:
+            return False
+        raise
+    return True
+
+
+def unlock_file(fd: int) -> None:
+    """Drop this process's lock on the file open as ``fd`` (the descriptor stays open)."""
+    if fcntl is not None:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+
+
+def same_file(path, fd: int) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not removed or replaced meanwhile)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------------ the work folder
 class WorkDirLockedError(NeuroverseError):
     exit_code = ExitCode.LOCKED
+
+
+#: work folders this process holds: real path of the lock file -> its :class:`WorkDirLock`
+#: (a second lock of a held folder is refused here, before its file is opened)
+_HELD: Dict[str, "WorkDirLock"] = {}
 
 
 def _process_start(pid: int) -> Optional[str]:
@@ -66,26 +138,23 @@ class WorkDirLock:
         self.path = Path(work_dir) / LOCK_NAME
         self.run_id = run_id
         self.fd: Optional[int] = None
+        self._key = os.path.realpath(self.path)  # this lock's entry in _HELD
 
-    def _read_holder(self) -> dict:
+    @staticmethod
+    def _read_holder(fd: int) -> dict:
+        """Who holds the lock, read through ``fd`` (opening the file again would drop a lock
+        this process holds on it)."""
         try:
-            return json.loads(self.path.read_text() or "{}")
+            return json.loads(os.pread(fd, os.fstat(fd).st_size, 0).decode() or "{}")
         except (OSError, ValueError):
             return {}
 
-    def _flock(self, fd: int) -> Optional[bool]:
-        """True: locked; False: another process holds it; None: no flock on this file system."""
-        import fcntl
-
+    def _lock(self, fd: int) -> Optional[bool]:
+        """True: locked; False: another process holds it; None: no locks on this file system."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        except OSError as error:
-            if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                return None
-            raise
+            return lock_file(fd, blocking=False)
+        except NoFileLocks:
+            return None
 
     def _refuse(self, holder: dict):
         raise WorkDirLockedError(
@@ -93,35 +162,35 @@ class WorkDirLock:
             f"until that run finished (or stop it), or choose another work folder with -w")
 
     def acquire(self):
+        if self._key in _HELD:  # this process's own run: POSIX locks would not refuse it
+            self._refuse(self._read_holder(_HELD[self._key].fd))
         for _ in range(10):  # retries only when another run removed or replaced the file
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as error:
                 raise OutputError(f"{self.path}: cannot create the work folder's lock file "
                                   f"({error.strerror}); choose a writable -w") from None
-            locked = self._flock(fd) if sys.platform != "win32" else None
+            locked = self._lock(fd)
             if locked is False:
-                holder = self._read_holder()
+                holder = self._read_holder(fd)
                 os.close(fd)
                 self._refuse(holder)
             if locked is None:
-                holder = self._read_holder()
+                holder = self._read_holder(fd)
                 same_host = holder.get("host") == socket.gethostname()
                 if holder.get("pid") and not (same_host and not _pid_alive(
                         int(holder["pid"]), holder.get("process_start"))):
                     os.close(fd)
                     self._refuse(holder)
-            try:  # the file we locked must still be the one at the path
-                if os.stat(self.path).st_ino != os.fstat(fd).st_ino:
-                    raise FileNotFoundError
-            except FileNotFoundError:
+            if not same_file(self.path, fd):  # another run removed or replaced it meanwhile
                 os.close(fd)
                 continue
-            previous = self._read_holder()
+            previous = self._read_holder(fd)
             if previous.get("pid"):
                 LOGGER.warning("%s: taking over the lock of %s, which is no longer running",
                                self.path.parent, _describe(previous))
             self.fd = fd
+            _HELD[self._key] = self
             self._write_holder()
             return self
         raise WorkDirLockedError(f"{self.path}: could not take the lock; another run keeps "
@@ -140,11 +209,13 @@ class WorkDirLock:
         if self.fd is None:
             return
         try:
-            os.ftruncate(self.fd, 0)  # an empty lock file is a free one, even without flock
+            os.ftruncate(self.fd, 0)  # an empty lock file is a free one, even without locks
             self.path.unlink()
         except OSError:
             pass
-        os.close(self.fd)  # drops the flock
+        if _HELD.get(self._key) is self:
+            del _HELD[self._key]
+        os.close(self.fd)  # drops the lock
         self.fd = None
 
     def __enter__(self):

@@ -231,3 +231,66 @@ def test_prune_command_evicts_down_to_the_size_given(tmp_path, capsys):
     assert main(["prune", "--cache", str(cache), "--max-gb", str(1.5 / 1024)]) == 0
     assert f"removed {statuses[0]['CacheKey']}" in capsys.readouterr().out
     assert [e["Key"] for e in list_entries(cache)] == [statuses[1]["CacheKey"]]
+
+
+def test_without_file_locks_lock_folders_and_recent_use_protect_entries(tmp_path, monkeypatch):
+    """File systems without POSIX locks: the key's lock is a folder (gone afterwards), and an
+    entry used within :data:`STALE_LOCK_SECONDS` counts as in use."""
+    import errno
+
+    from neuroverse_bids import context_cache_store
+    from neuroverse_bids.locks import NoFileLocks
+
+    def no_file_locks(fd, **_):
+        raise NoFileLocks(errno.ENOLCK, "no locks on this file system")
+
+    monkeypatch.setattr(context_cache_store, "lock_file", no_file_locks)
+    cache = tmp_path / "cache"
+    status = ensure_entry(cache, REQUEST, _build, max_gb=math.inf)
+    assert ensure_entry(cache, REQUEST, lambda f: pytest.fail("rebuilt"))["Reused"] is True
+    release_entry(status["Entry"])
+    release_entry(status["Entry"])
+    assert not list(cache.glob("*.lock.d"))
+    assert evict(cache, 0) == [] and list_entries(cache)[0]["InUse"] is True  # used just now
+    old = time.time() - context_cache_store.STALE_LOCK_SECONDS - 60
+    _last_used(cache, status["CacheKey"], old)
+    assert evict(cache, 0) == [status["CacheKey"]] and list_entries(cache) == []
+
+
+# ------------------------------------------------------------------ building an entry's files
+def test_build_pool_writes_each_pair_on_the_grid_and_the_stacked_pool(demo_dataset, tmp_path,
+                                                                      monkeypatch):
+    """:func:`build_pool` runs the context-set workflow and copies what its outputnode hands
+    over: each pair on the model grid (``pairs/``) and the stacked pool, in the pairs' order."""
+    import nibabel as nb
+    import numpy as np
+
+    from neuroverse_bids.context_cache import POOL_FILE, build_pool
+    from neuroverse_bids.context_set import ContextPair
+    from neuroverse_bids.workflows.geometry import model_grid
+    from neuroverse_bids.workflows.templates import get_template
+
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(demo_dataset / "templateflow"))
+    template = get_template("MNI152NLin2009aSym")
+    grid = tmp_path / "grid.nii.gz"
+    nb.save(model_grid(nb.load(str(template["brain_mask"])), 16, 12.0), str(grid))
+    labels = demo_dataset / "derivatives" / "labels"
+    pairs = [ContextPair(s, demo_dataset / "bids" / f"sub-{s}" / "anat" / f"sub-{s}_T1w.nii.gz",
+                         [labels / f"sub-{s}" / "anat" / f"sub-{s}_desc-brain_mask.nii.gz"], [None])
+             for s in ("03", "02")]
+    for name in ("entry", "rebuilt"):  # a rebuild in the same work folder copies again
+        folder = tmp_path / name
+        folder.mkdir()
+        build_pool(folder, pairs=pairs, template_file=template["t1w"], grid_reference=grid,
+                   task="segmentation", degradation="", sloppy=True, seed=0,
+                   plugin={"plugin": "Linear"}, work_dir=tmp_path / "work")
+        assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+            POOL_FILE, "pairs/sub-02_image.nii.gz", "pairs/sub-02_output-0.nii.gz",
+            "pairs/sub-03_image.nii.gz", "pairs/sub-03_output-0.nii.gz"]
+    for name in ("sub-02_image", "sub-03_output-0"):
+        assert nb.load(str(folder / "pairs" / f"{name}.nii.gz")).shape == (16, 16, 16)
+    pool = np.load(folder / POOL_FILE)
+    assert list(pool["subjects"]) == ["03", "02"]
+    assert pool["images"].shape == (2, 16, 16, 16) and pool["outputs"].shape == (1, 2, 16, 16, 16)
+    mask = np.asanyarray(nb.load(str(folder / "pairs" / "sub-03_output-0.nii.gz")).dataobj)
+    assert np.array_equal(pool["outputs"][0, 0], (mask > 0.5).astype(np.float32))

@@ -167,21 +167,21 @@ def test_labels_survive_grid_round_trip(demo_dataset, template, registrations, t
 
 def test_registration_workflow_is_deterministic(demo_dataset, template, registrations,
                                                 tmp_path):
-    """The nipype workflow and interfaces rerun sub-01: identical transform files (same seed)."""
+    """The registration node (:class:`RegisterToTemplate`, as the app's workflows use it) and
+    the resampler rerun sub-01 in a Nipype workflow: identical transform files (same seed)."""
     from nipype.pipeline import engine as pe
 
-    from neuroverse_bids.workflows.interfaces.geometry import ResampleToReference
-    from neuroverse_bids.workflows.registration import init_template_registration_wf
+    from neuroverse_bids.workflows.interfaces.geometry import (RegisterToTemplate,
+                                                               ResampleToReference)
 
     files = _native(demo_dataset, "sub-01")
-    wf = init_template_registration_wf(sloppy=True, template_id=TEMPLATE)
-    wf.base_dir = str(tmp_path)
-    wf.inputs.inputnode.in_file = str(files["t1w"])
-    wf.inputs.inputnode.template = template["t1w"]
+    register = pe.Node(RegisterToTemplate(in_file=str(files["t1w"]), template=template["t1w"],
+                                          sloppy=True, template_id=TEMPLATE), name="register")
     to_template = pe.Node(ResampleToReference(in_file=str(files["mask"]),
                                               reference=template["t1w"]), name="mask_to_template")
     outer = pe.Workflow(name="outer", base_dir=str(tmp_path))
-    outer.connect(wf, "outputnode.forward_transform", to_template, "transform")
+    outer.config["execution"]["remove_unnecessary_outputs"] = False  # read all of register's
+    outer.connect(register, "forward_transform", to_template, "transform")
     graph = outer.run()
     results = {node.name: node.result.outputs for node in graph.nodes()}
     register = results["register"]

@@ -1,4 +1,5 @@
 """Run safety: MultiProc workers die with the main process; one live run per work folder."""
+import errno
 import json
 import os
 import signal
@@ -156,10 +157,14 @@ def test_a_dead_runs_lock_is_taken_over(tmp_path, caplog):
     assert not (work / locks.LOCK_NAME).exists()  # released
 
 
-def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
-    """File systems without ``flock``: a live PID of this host holds, a dead one is taken over,
-    another host's lock is respected."""
-    monkeypatch.setattr(WorkDirLock, "_flock", lambda self, fd: None)
+def _no_file_locks(fd, **_):
+    raise locks.NoFileLocks(errno.ENOLCK, "no locks on this file system")
+
+
+def test_without_file_locks_the_recorded_pid_decides(tmp_path, monkeypatch):
+    """File systems without POSIX locks: a live PID of this host holds, a dead one is taken
+    over, another host's lock is respected."""
+    monkeypatch.setattr(locks, "lock_file", _no_file_locks)
     work = tmp_path / "work"
     work.mkdir()
     path = work / locks.LOCK_NAME
@@ -172,3 +177,54 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
                 WorkDirLock(work).acquire()
         else:
             WorkDirLock(work).acquire().release()
+
+
+def test_a_second_lock_in_the_same_process_is_refused_and_the_first_kept(tmp_path):
+    """POSIX locks never conflict within one process: the lock itself refuses a second hold of
+    a folder this process holds, and the refusal leaves the first lock in place."""
+    work = tmp_path / "work"
+    work.mkdir()
+    with WorkDirLock(work, "first-run"):
+        with pytest.raises(WorkDirLockedError, match=f"first-run .* PID {os.getpid()}"):
+            WorkDirLock(work / ".." / "work", "second").acquire()
+        other = subprocess.run(
+            [sys.executable, "-c", "import sys\nfrom neuroverse_bids.locks import WorkDirLock\n"
+             "try:\n    WorkDirLock(sys.argv[1]).acquire()\n"
+             "except Exception as error:\n    sys.exit(error.exit_code)", str(work)],
+            cwd=tmp_path, capture_output=True, text=True)
+        assert other.returncode == 75, other.stderr
+        assert json.loads((work / locks.LOCK_NAME).read_bytes())["run_id"] == "first-run"
+    assert not (work / locks.LOCK_NAME).exists()
+    WorkDirLock(work, "third").acquire().release()  # free again
+
+
+def test_file_locks_shared_and_exclusive_across_processes(tmp_path):
+    """The primitive: shared locks coexist, an exclusive one waits for them (non-blocking:
+    False at once), and closing the descriptor releases the lock."""
+    path = tmp_path / "entry.use"
+    path.touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time\nfrom neuroverse_bids.locks import lock_file\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR)\nlock_file(fd, shared=True)\n"
+         "print('held', flush=True)\nsys.stdin.readline()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        fd = os.open(path, os.O_RDWR)
+        try:
+            assert locks.lock_file(fd, blocking=False) is False
+            assert locks.lock_file(fd, shared=True, blocking=False) is True
+            locks.unlock_file(fd)
+        finally:
+            os.close(fd)
+    finally:
+        holder.stdin.close()  # the holder exits: its lock goes with it
+        holder.wait(timeout=60)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert locks.lock_file(fd, blocking=False) is True
+        assert locks.same_file(path, fd)
+        path.unlink()
+        assert not locks.same_file(path, fd)
+    finally:
+        os.close(fd)

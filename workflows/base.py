@@ -16,10 +16,15 @@ from typing import Dict, List, Optional, Sequence
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..model.options import InferenceOptions
 from .interfaces.geometry import RegisterToTemplate, ResampleToReference
 from .interfaces.icl import (InContextPredict, NormaliseIntensity, SelectContextSet,
                              StackContextSet)
 from .interfaces.labels import ExtractLabel, ProbabilitiesToMasks
+from .plan import EnsemblePlan, IclResources
+
+#: outputnode fields of :func:`init_context_set_wf` beside the subsets: the pairs on the grid
+PAIR_FIELDS = ("pair_images", "pair_outputs")
 
 
 def init_context_pair_wf(*, image: str, outputs: Sequence[str] = (),
@@ -62,9 +67,9 @@ def init_context_pair_wf(*, image: str, outputs: Sequence[str] = (),
 
 
 def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
-                         inference: Optional[Dict] = None, sloppy: bool = False, seed: int = 0,
-                         icl_mem_gb: float = 4.0, icl_n_procs: int = 1,
-                         ensemble: Optional[Dict] = None, exclude: Sequence[str] = (),
+                         inference: Optional[InferenceOptions] = None, sloppy: bool = False,
+                         seed: int = 0, resources: Optional[IclResources] = None,
+                         ensemble: Optional[EnsemblePlan] = None, exclude: Sequence[str] = (),
                          name: str = "neuroverse3d_wf"):
     """In-context prediction for one native-space image.
 
@@ -83,10 +88,10 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
         template_spread / native_spread   ensemble > 1: per-voxel standard deviation across
                            the members, on the model grid and back in the native grid
 
-    ``ensemble``: :class:`InContextPredict` inputs ``selection``, ``ensemble``,
-    ``num_contexts``, ``similarity_mask`` (the context set is then a pool the node chooses
-    from); ``exclude``: subjects never used as this image's context (its own subject).
-    ``icl_mem_gb``/``icl_n_procs``: what the scheduler reserves for the ICL node (its memory
+    ``inference``: how the ICL node predicts (device, precision, mini-context size, budget).
+    ``ensemble``: the node chooses its context sets out of the context set, a pool
+    (:class:`~.plan.EnsemblePlan`); ``exclude``: subjects never used as this image's context
+    (its own subject). ``resources``: what the scheduler reserves for the ICL node (its memory
     plan for the model grid, and its threads).
     """
     workflow = pe.Workflow(name=name)
@@ -101,9 +106,13 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
     register = pe.Node(RegisterToTemplate(sloppy=sloppy, seed=seed), name="register")
     to_grid = pe.Node(ResampleToReference(interpolation="linear"), name="to_grid")
     normalise = pe.Node(NormaliseIntensity(), name="normalise")
+    inference, resources = inference or InferenceOptions(), resources or IclResources()
     icl = pe.Node(InContextPredict(model=model, output_names=list(output_names),
-                                   **(inference or {}), **(ensemble or {})),
-                  name="icl", mem_gb=icl_mem_gb, n_procs=icl_n_procs)
+                                   device=inference.device, precision=inference.precision.value,
+                                   mini_context_size=inference.mini_context_size,
+                                   mem_gb=inference.memory_gb,
+                                   **(ensemble.node_inputs() if ensemble else {})),
+                  name="icl", mem_gb=resources.mem_gb, n_procs=resources.n_procs)
     if exclude:
         icl.inputs.exclude = list(exclude)
     to_native = pe.MapNode(ResampleToReference(interpolation="linear", invert=True),
@@ -123,7 +132,7 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
         (icl, outputnode, [("out_files", "template_outputs"), ("info", "info")]),
         (to_native, outputnode, [("out_file", "native_outputs")]),
     ])
-    if (ensemble or {}).get("ensemble", 1) > 1:
+    if ensemble is not None and ensemble.ensemble > 1:
         spread_to_native = pe.MapNode(ResampleToReference(interpolation="linear", invert=True),
                                       iterfield=["in_file"], name="spread_to_native")
         workflow.connect([
@@ -151,20 +160,41 @@ def init_context_set_wf(*, pairs: Sequence, subsets: Dict[str, Sequence[str]], t
     """Register every context pair once, then stack one context set per subset of subjects.
 
     ``pairs``: objects with ``subject``, ``image``, ``outputs``, ``label_values``.
-    ``subsets``: key -> ordered subject labels; outputnode has one field ``<key>`` per subset.
+    ``subsets``: key -> ordered subject labels; outputnode has one field ``<key>`` per subset
+    (the npz of :class:`StackContextSet`), and the pairs on the model grid, in the order of
+    ``pairs`` (what the context cache keeps beside the stack):
+
+        pair_images    each pair's image (not normalised)
+        pair_outputs   each pair's outputs (a list per pair; empty without outputs)
     """
+    reserved = sorted(set(subsets) & set(PAIR_FIELDS))
+    if reserved:
+        raise ValueError(f"subset keys {reserved} are outputnode fields of the pairs; "
+                         "name the subsets otherwise")
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["template_file", "grid_reference"]),
                         name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=list(subsets)), name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=[*subsets, *PAIR_FIELDS]),
+                         name="outputnode")
+    n_pairs = len(pairs)
+    pair_images = pe.Node(niu.Merge(n_pairs), name="merge_pair_images")
+    pair_outputs = pe.Node(niu.Merge(n_pairs, no_flatten=True), name="merge_pair_outputs")
+    workflow.connect([
+        (pair_images, outputnode, [("out", "pair_images")]),
+        (pair_outputs, outputnode, [("out", "pair_outputs")]),
+    ])
     pair_wfs = {}
-    for pair in pairs:
+    for index, pair in enumerate(pairs, start=1):
         pair_wf = init_context_pair_wf(
             image=str(pair.image), outputs=[str(p) for p in pair.outputs],
             label_values=list(pair.label_values), task=task, sloppy=sloppy, seed=seed,
             name=f"context_sub_{pair.subject}_wf")
-        workflow.connect([(inputnode, pair_wf, [("template_file", "inputnode.template_file"),
-                                                ("grid_reference", "inputnode.grid_reference")])])
+        workflow.connect([
+            (inputnode, pair_wf, [("template_file", "inputnode.template_file"),
+                                  ("grid_reference", "inputnode.grid_reference")]),
+            (pair_wf, pair_images, [("outputnode.image", f"in{index}")]),
+            (pair_wf, pair_outputs, [("outputnode.outputs", f"in{index}")]),
+        ])
         pair_wfs[pair.subject] = pair_wf
     for key, subjects in subsets.items():
         n = len(subjects)

@@ -14,24 +14,27 @@ from .plan import MainWorkflowConfig
 
 def _merge_meta(info, static):
     """Sidecar metadata: the static run description plus what the ICL node reported."""
+    from neuroverse_bids.workflows.prediction_info import PredictionInfo  # a Function node
+
+    record = PredictionInfo.from_dict(info)
     meta = dict(static)
     meta.update({
-        "Model": {"Name": info.get("model"), "SHA256": info.get("model_sha256")},
-        "Precision": info.get("precision"),
-        "MiniContextSize": info.get("mini_context_size"),
-        "ContextSubjects": info.get("context_subjects"),
+        "Model": {"Name": record.model, "SHA256": record.model_sha256},
+        "Precision": record.precision,
+        "MiniContextSize": record.mini_context_size,
+        "ContextSubjects": record.context_subjects,
     })
-    if info.get("precision_reason"):  # requested, or what auto found on this device
-        meta["PrecisionReason"] = info["precision_reason"]
-    if info.get("context_sets"):  # chosen out of a pool (--context-selection, --ensemble)
-        meta["ContextSelection"] = {"Method": info.get("selection"),
-                                    "EnsembleSize": info.get("ensemble"),
-                                    "ContextSets": info["context_sets"],
-                                    "SimilarityNCC": info.get("similarity")}
-    if (info.get("ensemble") or 1) > 1:  # per structure, see model.ensemble
+    if record.precision_reason:  # requested, or what auto found on this device
+        meta["PrecisionReason"] = record.precision_reason
+    if record.pooled:  # chosen out of a pool (--context-selection, --ensemble)
+        meta["ContextSelection"] = {"Method": record.selection,
+                                    "EnsembleSize": record.ensemble,
+                                    "ContextSets": record.context_sets,
+                                    "SimilarityNCC": record.similarity}
+    if record.ensemble > 1:  # per structure, see model.ensemble
         meta["Uncertainty"] = {name: {"BoundarySpread": round(values["boundary_spread"], 6),
                                       "Disagreement": round(values["disagreement"], 6)}
-                               for name, values in (info.get("uncertainty") or {}).items()}
+                               for name, values in (record.uncertainty or {}).items()}
     return meta
 
 

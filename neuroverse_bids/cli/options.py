@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..model.exit_codes import ExitCode
+from ..model.options import InferenceOptions, Precision
 
 
 class ExitCode64Parser(argparse.ArgumentParser):
@@ -65,7 +66,7 @@ def add_inference_options(parser: argparse.ArgumentParser):
     group.add_argument("--device", default="auto",
                        help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     group.add_argument("--precision", default="auto",
-                       choices=("auto", "float32", "bfloat16", "float16"),
+                       choices=Precision.names(),
                        help="auto picks bfloat16 where the hardware runs it natively and the "
                             "model's bfloat16 output agrees with float32 (the agreement recorded "
                             "in the checkpoint, if any, and a quick check), else float32; "
@@ -83,8 +84,7 @@ def add_inference_options(parser: argparse.ArgumentParser):
     return group
 
 
-def inference_settings(args) -> dict:
-    """Keyword arguments for :class:`Predictor` from parsed options."""
-    return {"device": args.device, "precision": args.precision,
-            "mini_context_size": args.mini_context_size,
-            "memory_gb": getattr(args, "mem_gb", None)}
+def inference_options(args) -> InferenceOptions:
+    """The :class:`~..model.options.InferenceOptions` of parsed :func:`add_inference_options`."""
+    return InferenceOptions(device=args.device, precision=args.precision,
+                            mini_context_size=args.mini_context_size, memory_gb=args.mem_gb)

@@ -45,18 +45,12 @@ class ParticipantPlan:
     cache_entry: Optional[str] = None                    # held in use until the run ends
 
 
-def resolve_model(path) -> Path:
-    """``--model``, else the bundled model (:func:`~..model.pretrained.default_model_path`)."""
-    from ..model.pretrained import default_model_path
-
-    return Path(path).resolve() if path is not None else default_model_path()
-
-
 def plan_participant_run(config: RunConfig) -> ParticipantPlan:
     from .. import context_cache
     from ..bids import (collect_anatomicals, load_layout, read_bids_filters, select_participants,
                         validate_bids)
     from ..model import load_checkpoint
+    from ..model.pretrained import resolve_model_path
     from ..resources import icl_resources
     from ..template_grid import resolve_template, template_space
     from ..workflows.derivatives import write_dataset_description, write_dseg_tsv
@@ -77,7 +71,7 @@ def plan_participant_run(config: RunConfig) -> ParticipantPlan:
         check_pair(pairs[subject])
     subsets, subset_of = context_subsets(subjects, pool, spec)
 
-    model_path = resolve_model(config.workflow.model)
+    model_path = resolve_model_path(config.workflow.model)
     model = load_checkpoint(model_path)
     grid = model.metadata.get("grid") or {}
     if "shape" not in grid or "voxel_size_mm" not in grid:

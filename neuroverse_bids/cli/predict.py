@@ -45,7 +45,7 @@ from ..model.intensity import normalise_intensity
 from ..model.predictor import Predictor
 from ..workflows.errors import BadInputError, MissingInputError, UsageError
 from ..workflows.niftiio import load_volume, write_nifti_atomic
-from .options import ExitCode64Parser, add_inference_options, inference_settings
+from .options import ExitCode64Parser, add_inference_options, inference_options
 
 
 class ContextFiles:
@@ -285,9 +285,9 @@ def _read_contexts(args, values, grid: Optional[OnModelGrid], folder: Path):
 def run(args) -> int:
     import torch
 
-    from .participant import resolve_model
+    from ..model.pretrained import resolve_model_path
 
-    settings = inference_settings(args)
+    options = inference_options(args)
     if len(args.context_images) != len(args.context_labels):
         raise UsageError(
             f"{len(args.context_images)} context images but {len(args.context_labels)} context "
@@ -296,7 +296,7 @@ def run(args) -> int:
     values = [v for _, v in structures] if structures else [None]
     target_img, target = load_volume(args.target)
     headers = [target_img, *map(_header, [*args.context_images, *args.context_labels])]
-    model = load_checkpoint(resolve_model(args.model))
+    model = load_checkpoint(resolve_model_path(args.model))
     shape, voxel, template, recorded = _model_grid_spec(model, target_img)
     with tempfile.TemporaryDirectory(prefix="neuroverse3d-predict.") as tmp:
         folder = Path(tmp)
@@ -307,7 +307,7 @@ def run(args) -> int:
         reference = xfm = None
         if grid is not None:
             target, reference, xfm = grid.image(_in_memory(target_img, target), "target")
-        predictor = Predictor(model, **settings)
+        predictor = Predictor(model, **options.predictor_kwargs())
         out = predictor.predict(torch.from_numpy(normalise_intensity(target)), images,
                                 labels if len(labels) > 1 else labels[0])
         result = out.numpy().reshape((len(values),) + tuple(target.shape))

@@ -18,6 +18,7 @@ from nipype.interfaces.base import (
 
 from ...model.intensity import normalise_intensity
 from ..niftiio import load_volume, node_file, write_nifti_atomic
+from ..prediction_info import PredictionInfo
 
 
 class _NormaliseInputSpec(BaseInterfaceInputSpec):
@@ -203,11 +204,11 @@ class InContextPredict(SimpleInterface):
             result = ensemble.mean.numpy()
             summaries = structure_uncertainty(ensemble)
             subjects = list(dict.fromkeys(s for subset in sets for s in subset))  # all used
-            extra = {"selection": self.inputs.selection, "ensemble": ensemble.members,
-                     "context_sets": sets,
-                     "similarity": {s: round(scores[s], 6) for s in sorted(
-                         {s for subset in sets for s in subset})} if scores else None,
-                     "uncertainty": dict(zip(self.inputs.output_names, summaries))}
+            extra = dict(selection=self.inputs.selection, ensemble=ensemble.members,
+                         context_sets=sets,
+                         similarity={s: round(scores[s], 6) for s in sorted(
+                             {s for subset in sets for s in subset})} if scores else None,
+                         uncertainty=dict(zip(self.inputs.output_names, summaries)))
             if ensemble.members > 1:
                 spreads = [str(write_nifti_atomic(volume.astype(np.float32), img,
                                                   node_file(runtime, f"{name}_spread.nii.gz")))
@@ -221,18 +222,18 @@ class InContextPredict(SimpleInterface):
         meta = model.metadata
         self._results["out_files"] = files
         self._results["spread_files"] = spreads
-        self._results["info"] = {
-            "model": Path(meta.get("source", self.inputs.model)).name,
-            "model_sha256": meta.get("sha256"),
-            "precision": predictor.precision,
-            "precision_reason": predictor.precision_reason,  # requested, or what auto found
-            "device": str(predictor.device),
-            "mini_context_size": getattr(predictor, "last_mini_context_size",
-                                         self.inputs.mini_context_size),
-            "context_subjects": [str(s) for s in subjects],
-            "seconds_load": round(loaded - start, 3),
-            "seconds_inference": round(done - loaded, 3),
+        self._results["info"] = PredictionInfo(
+            model=Path(meta.get("source", self.inputs.model)).name,
+            model_sha256=meta.get("sha256"),
+            precision=predictor.precision.value,
+            precision_reason=predictor.precision_reason,  # requested, or what auto found
+            device=str(predictor.device),
+            mini_context_size=getattr(predictor, "last_mini_context_size",
+                                      self.inputs.mini_context_size),
+            context_subjects=[str(s) for s in subjects],
+            seconds_load=round(loaded - start, 3),
+            seconds_inference=round(done - loaded, 3),
             **extra,
-        }
+        ).to_dict()
         Path(runtime.cwd, "info.json").write_text(json.dumps(self._results["info"], indent=2))
         return runtime

@@ -15,6 +15,7 @@ from ..errors import MissingInputError
 from .common import render, write_text_atomic
 from .crash import crash_files
 from .figures import COLOUR_NAMES
+from ..prediction_info import PredictionInfo
 from .reportlets import figures_dir
 
 FACTS_VERSION = 1
@@ -51,21 +52,31 @@ def read_facts(output_dir, subject: str) -> Optional[Dict]:
     return facts
 
 
+def _strategy_summary(name: Optional[str]) -> Optional[str]:
+    """The registered strategy's one-sentence summary (None for a name it does not know)."""
+    from ...model.strategies import strategies
+
+    strategy = strategies().get(name or "")
+    return strategy.summary if strategy else None
+
+
 def _ensemble_view(info: Dict) -> Dict:
     """What the page shows of an ICL node's context selection and ensemble (``info``):
     ``uncertainty`` rows (ensembles: structure, Disagreement, BoundarySpread; see
     model.ensemble) and ``selection`` (method, each member's context subjects with their NCC
     to the target)."""
-    members = info.get("ensemble") or 1  # a single member's summaries are 0 by definition
+    record = PredictionInfo.from_dict(info)
+    members = record.ensemble  # a single member's summaries are 0 by definition
     uncertainty = [{"name": name, "disagreement": values["disagreement"],
                     "boundary_spread": values["boundary_spread"]}
-                   for name, values in (info.get("uncertainty") or {}).items() if members > 1]
+                   for name, values in (record.uncertainty or {}).items() if members > 1]
     selection = None
-    if info.get("context_sets"):
-        scores = info.get("similarity") or {}
-        selection = {"method": info.get("selection", "n/a"),
+    if record.pooled:
+        scores = record.similarity or {}
+        selection = {"method": record.selection or "n/a",
+                     "summary": _strategy_summary(record.selection),
                      "members": [[{"subject": s, "ncc": scores.get(s)} for s in chosen]
-                                 for chosen in info["context_sets"]]}
+                                 for chosen in record.context_sets]}
     return {"uncertainty": uncertainty, "selection": selection}
 
 
@@ -92,11 +103,11 @@ def render_subject_report(output_dir, subject: str, facts: Optional[Dict] = None
                        **_ensemble_view(image["info"]))
                   for number, image in enumerate(facts["images"])]
         context = facts["context"]
-        info = images[0]["info"] if images else {}
-        about = {"model": info.get("model", "n/a"), "sha256": str(info.get("model_sha256", "n/a")),
-                 "precision": info.get("precision", "n/a"),
-                 "precision_reason": info.get("precision_reason"),
-                 "mini_context_size": info.get("mini_context_size", "n/a")}
+        record = PredictionInfo.from_dict(images[0]["info"] if images else {})
+        about = {"model": record.model or "n/a", "sha256": str(record.model_sha256 or "n/a"),
+                 "precision": record.precision or "n/a",
+                 "precision_reason": record.precision_reason,
+                 "mini_context_size": record.mini_context_size or "n/a"}
         shown = [context.get("figure")] + [f for i in images for f in
                                            [i["registration"], i["segmentation"],
                                             i.get("spread")] +
