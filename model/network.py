@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .apsp import mean_context_features
+
 RELEASED_CHANNELS = (32, 64, 128, 256, 512)
 RELEASED_CONVS_PER_BLOCK = 2
 
@@ -253,8 +255,6 @@ class Neuroverse3D(nn.Module):
         features are summed (APSP); any chunk size gives the same output. Context tensors may
         live on another device than the network: chunks are moved one at a time.
         """
-        from .apsp import mean_context_features  # apsp imports this module
-
         check_inputs(target_in, context_in, context_out, self.divisor)
         bottleneck, skips = self.encode_target(target_in)
         means = mean_context_features(self, context_in, context_out, skips, mini_context_size)

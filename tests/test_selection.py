@@ -102,3 +102,12 @@ def test_a_registered_strategy_reaches_the_cli_the_spec_and_the_node():
         assert "| `reverse-test` | ids backwards |" in strategies.docs_table()
     finally:
         strategies._REGISTRY.pop("reverse-test")
+
+
+def test_the_readme_table_is_the_registry():
+    from pathlib import Path
+
+    from neuroverse_bids.model.strategies import docs_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert docs_table() in readme

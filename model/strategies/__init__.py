@@ -3,8 +3,8 @@
 A strategy is one module of this package that calls :func:`register` with a
 :class:`SelectionStrategy`; the registry finds every module here, so adding a strategy adds one
 file and nothing else. The command line's choices (``--context-selection``), the context spec's
-``selection``, the ICL node, the evaluation, the docs table (``neuroverse3d
---list-selections``) and the report read the registry. Strategy modules import nothing heavy
+``selection``, the ICL node, the evaluation, the README's table (:func:`docs_table`) and the
+report read the registry. Strategy modules import nothing heavy
 at module level (``--help`` reads the registry without torch or NumPy).
 
     from neuroverse_bids.model.strategies import get_strategy, strategy_names
