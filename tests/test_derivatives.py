@@ -10,10 +10,9 @@ from nipype.pipeline import engine as pe
 
 from neuroverse_bids.bids import validator_issues
 from neuroverse_bids.workflows import derivatives
+from neuroverse_bids.workflows.derivative_names import derivative_path, parse_bids_name
 from neuroverse_bids.workflows.derivatives import (
     DerivativesDataSink,
-    derivative_path,
-    parse_bids_name,
     write_dataset_description,
     write_dseg_tsv,
 )
@@ -70,6 +69,28 @@ def test_names_follow_the_bids_entity_order(tmp_path, raw):
             derivative_path(out, raw, suffix="mask", **bad)
     with pytest.raises(ValueError):
         derivative_path(out, tmp_path / "brain.nii.gz")
+
+
+def test_names_come_from_the_patterns_which_refuse_what_they_cannot_name(tmp_path, raw):
+    out = tmp_path / "out"
+    preproc = tmp_path / "fmriprep" / "sub-02" / "anat" / "sub-02_ce-gad_echo-1_desc-preproc_T1w.nii.gz"
+    assert derivative_path(out, preproc, space=TEMPLATE, res=2, label="GM", suffix="probseg") == (
+        out / "sub-02" / "anat" /
+        f"sub-02_ce-gad_echo-1_space-{TEMPLATE}_res-2_label-GM_desc-preproc_probseg.nii.gz")
+    assert derivative_path(out, raw, desc="GM", suffix="mask", extension=".json").name == \
+        "sub-01_ses-1_acq-mp_run-2_desc-GM_mask.json"
+    xfm = {"from": "T1w", "to": TEMPLATE, "mode": "image", "suffix": "xfm"}
+    assert derivative_path(out, raw, **xfm, extension="json").name == \
+        f"sub-01_ses-1_acq-mp_run-2_from-T1w_to-{TEMPLATE}_mode-image_xfm.json"
+    for bad in ({"from": "T1w", "suffix": "mask"},                  # from/to/mode: transforms only
+                dict(xfm, to=None, extension=".mat"),               # a transform needs all three
+                dict(xfm, extension=".nii.gz"),                     # transforms are not images
+                {"suffix": "mask", "extension": ".mat"},
+                {"suffix": "mask", "extension": ""}):
+        with pytest.raises(ValueError, match="no derivative file name"):
+            derivative_path(out, raw, **bad)
+    with pytest.raises(ValueError, match="unknown BIDS entity 'tpl'"):
+        derivative_path(out, raw, tpl=TEMPLATE, suffix="mask")
 
 
 def test_sink_keeps_data_and_writes_integer_labels(tmp_path, raw):

@@ -13,6 +13,7 @@ from neuroverse_bids.model.capability import bfloat16_support
 from neuroverse_bids.model.network import Neuroverse3D
 from neuroverse_bids.model.training import TrainConfig, Trainer
 from neuroverse_bids.model.training.cli import main as train_main
+from neuroverse_bids.model.training.training_log import TrainingLog
 from synthetic import make_toy_dataset
 
 
@@ -181,6 +182,26 @@ def test_named_structure_episodes_and_dice_loss_train(toy8, tmp_path):
     assert trainer.step == 2
     with pytest.raises(FileNotFoundError, match="structures file not found"):
         Trainer(_config(toy8, tmp_path / "x", structure_prob=0.5))
+
+
+def test_training_log_writes_every_log_every_steps_and_trims_on_resume(tmp_path, capsys):
+    cfg = TrainConfig(manifest="unused.json", output_dir=str(tmp_path), steps=6, log_every=2,
+                      progress=False)
+
+    def row(step, **extra):
+        return dict(step=step, stage=1, context_size=2, loss=0.5, lr=1e-3, **extra)
+
+    log = TrainingLog(tmp_path, cfg, 0, 4)
+    for step in range(1, 5):  # validation at step 3: logged although 3 is not a multiple of 2
+        log.write(row(step, **({"val_loss": 0.4} if step == 3 else {})), step)
+    log.close()
+    log = TrainingLog(tmp_path, cfg, 2, 6)  # resumed from step 2: rows 3 and 4 are redone
+    for step in range(3, 7):
+        log.write(row(step), step)
+    log.close()
+    with open(tmp_path / "log.csv") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [2, 4, 6]
+    assert capsys.readouterr().err == ""  # progress off: nothing on stderr
 
 
 def test_every_shipped_training_config_is_valid():

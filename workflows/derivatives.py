@@ -1,4 +1,6 @@
-"""The one BIDS-derivatives writer: dataset description, file names, images, sidecars, dseg.tsv.
+"""The one BIDS-derivatives writer: dataset description, images, sidecars, dseg.tsv.
+
+File names come from :mod:`.derivative_names` (pybids' ``build_path`` and our patterns).
 
 Every file is written atomically (a hidden temporary name in the destination folder, then
 ``os.replace``), so an interrupted run never leaves a half-written derivative. Transforms
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -27,25 +28,11 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from .derivative_names import derivative_path, parse_bids_name
 from .errors import BadInputError, OutputError
 from .niftiio import write_atomic
 
 BIDS_VERSION = "1.10.0"
-#: filename entities in the order the BIDS specification (schema 1.x) writes them; from/to/mode
-#: (transforms, as in niworkflows) come last
-ENTITY_ORDER = ("sub", "tpl", "ses", "cohort", "sample", "task", "tracksys", "acq", "nuc", "voi",
-                "ce", "trc", "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt",
-                "part", "proc", "hemi", "space", "split", "recording", "chunk", "atlas", "seg",
-                "scale", "res", "den", "label", "desc", "from", "to", "mode")
-#: pybids-style long names accepted as keys
-LONG_NAMES = {"subject": "sub", "template": "tpl", "session": "ses", "acquisition": "acq",
-              "nucleus": "nuc", "volume": "voi", "ceagent": "ce", "tracer": "trc",
-              "reconstruction": "rec", "direction": "dir", "modality": "mod", "inversion": "inv",
-              "mtransfer": "mt", "processing": "proc", "hemisphere": "hemi",
-              "segmentation": "seg", "resolution": "res", "density": "den",
-              "description": "desc", "from_": "from"}
-DATATYPES = ("anat", "func", "dwi", "fmap", "perf", "pet", "meg", "eeg", "ieeg", "beh", "micr",
-             "nirs", "motion", "mrs", "emg")
 #: integer-valued outputs
 LABEL_SUFFIXES = ("mask", "dseg")
 #: anatomical image suffixes: their derivatives need ``SkullStripped`` in the sidecar
@@ -53,7 +40,6 @@ ANAT_IMAGE_SUFFIXES = ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "in
                        "PDT2", "angio", "T1map", "T2map", "T2starmap", "R1map", "R2map",
                        "R2starmap", "PDmap", "UNIT1")
 IGNORED_PATTERNS = ("*_xfm.*", "*.html", "figures", "logs", "group_volumes.tsv", "cache")
-_VALUE = re.compile(r"^[A-Za-z0-9]+$")
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -185,67 +171,7 @@ def write_dseg_tsv(output_dir, labels: Dict[int, str]) -> Path:
     return _write_text(Path(output_dir) / "dseg.tsv", "index\tname\n" + "\n".join(rows) + "\n")
 
 
-# --------------------------------------------------------------------------- file names
-def parse_bids_name(path) -> Dict[str, str]:
-    """Entities of a BIDS file name, plus ``suffix``, ``extension`` and ``datatype``.
-
-    ``sub-01/ses-1/anat/sub-01_ses-1_run-2_T1w.nii.gz`` -> ``{"sub": "01", "ses": "1",
-    "run": "2", "suffix": "T1w", "extension": ".nii.gz", "datatype": "anat"}``.
-    """
-    path = Path(path)
-    name = path.name
-    extension = ".nii.gz" if name.endswith(".nii.gz") else path.suffix
-    parts = name[: len(name) - len(extension)].split("_")
-    entities = {}
-    for part in parts[:-1]:
-        key, sep, value = part.partition("-")
-        if not sep or not key or not value:
-            raise ValueError(f"{path}: not a BIDS file name (bad part {part!r})")
-        entities[key] = value
-    if "sub" not in entities:
-        raise ValueError(f"{path}: not a BIDS file name (no sub-<label>)")
-    entities.update(suffix=parts[-1], extension=extension)
-    if path.parent.name in DATATYPES:
-        entities["datatype"] = path.parent.name
-    return entities
-
-
-def derivative_path(output_dir, source_file, **entities) -> Path:
-    """The derivative's path: the source's entities with ``entities`` overriding them.
-
-    Keys: short BIDS entities (``space``, ``label``, ``desc``, ``from``/``to``/``mode``...; pass
-    ``from`` as ``from_`` or via ``**{"from": ...}``), their pybids long names, ``suffix``,
-    ``extension``, ``datatype``; a value of None drops an entity. Folder:
-    ``output_dir/sub-<label>[/ses-<label>]/<datatype>/``.
-    """
-    fields = parse_bids_name(source_file)
-    for key, value in entities.items():
-        key = LONG_NAMES.get(key, key)
-        if key not in ENTITY_ORDER and key not in ("suffix", "extension", "datatype"):
-            raise ValueError(f"unknown BIDS entity {key!r}; known: {', '.join(ENTITY_ORDER)}")
-        if value is None:
-            fields.pop(key, None)
-        else:
-            fields[key] = str(value)
-    unknown = [k for k in fields if k not in ENTITY_ORDER + ("suffix", "extension", "datatype")]
-    if unknown:
-        raise ValueError(f"{source_file}: unknown BIDS entities {unknown}")
-    for key in ENTITY_ORDER:
-        if key in fields and not _VALUE.match(fields[key]):
-            raise ValueError(f"BIDS entity {key}-{fields[key]!r}: values must be alphanumeric "
-                             "(no '-', '_' or spaces)")
-    suffix, extension = fields["suffix"], fields["extension"]
-    if not _VALUE.match(suffix):
-        raise ValueError(f"BIDS suffix {suffix!r} must be alphanumeric")
-    if extension and not extension.startswith("."):
-        extension = "." + extension
-    stem = "_".join(f"{k}-{fields[k]}" for k in ENTITY_ORDER if k in fields)
-    folder = Path(output_dir) / f"sub-{fields['sub']}"
-    if "ses" in fields:
-        folder = folder / f"ses-{fields['ses']}"
-    return folder / fields.get("datatype", "anat") / f"{stem}_{suffix}{extension}"
-
-
+# --------------------------------------------------------------------------- source dataset
 def _source_root(source_file: Path) -> Path:
     """The dataset root of a BIDS file: the folder above its ``sub-<label>`` folder."""
     for parent in source_file.absolute().parents:
@@ -333,6 +259,8 @@ class DerivativesDataSink(SimpleInterface):
             entities["extension"] = ((".nii.gz" if self.inputs.compress else ".nii") if is_nifti
                                      else "".join(Path(in_file).suffixes[-1:]))
         out_file = derivative_path(self.inputs.base_directory, sources[0], **entities)
+        meta_file = derivative_path(self.inputs.base_directory, sources[0],
+                                    **dict(entities, extension=".json"))
         fields = parse_bids_name(out_file)
         if any(out_file.absolute() == s.absolute() for s in sources):
             raise OutputError(f"{out_file}: would overwrite its own source; choose an output "
@@ -354,9 +282,8 @@ class DerivativesDataSink(SimpleInterface):
         if fields["suffix"] in ANAT_IMAGE_SUFFIXES and "SkullStripped" not in meta:
             sidecar["SkullStripped"] = _source_value(sources[0], "SkullStripped", False)
         sidecar.update(meta)
-        stem = out_file.name[: -len(fields["extension"])] if fields["extension"] else out_file.name
         try:
-            out_meta = _write_json(out_file.with_name(stem + ".json"), sidecar)
+            out_meta = _write_json(meta_file, sidecar)
         except OutputError:  # no image without its sidecar (a full disk, say)
             out_file.unlink(missing_ok=True)
             raise

@@ -1,4 +1,4 @@
-"""The training loop: APSP steps, two stages, validation, logs, atomic exact-resume checkpoints.
+"""The training loop: APSP steps, two stages, validation, atomic exact-resume checkpoints.
 
 Randomness: every group of every step draws from its own generator seeded by
 ``(seed, step, group)``, and the chunk that keeps its graph is drawn from it too. A run stopped
@@ -8,12 +8,11 @@ Several processes (``torchrun``) train through ``DistributedDataParallel`` (``se
 ``self.model`` is always the bare network, so checkpoints carry no ``module.`` prefix.
 
 Files in ``output_dir``: ``state.pt`` (resume state), ``model.safetensors`` (latest weights in
-the project format), ``best.safetensors`` (best validation loss), ``log.csv``, ``config.json``,
-``tensorboard/`` when asked.
+the project format), ``best.safetensors`` (best validation loss), ``config.json``, and what
+:class:`.training_log.TrainingLog` writes (``log.csv``, ``tensorboard/`` when asked).
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -40,10 +39,9 @@ from .manifest import load_manifest, read_structures, structures_file
 from .sampling import EpisodeSampler, rotations
 from ..degradations import SynthesisConfig
 from .synthesis import SEGMENTATION
+from .training_log import TrainingLog
 
 STATE_FILE = "state.pt"
-LOG_COLUMNS = ("step", "stage", "context_size", "mini_context_size", "tasks", "loss", "grad_norm",
-               "lr", "val_loss", "val_dice", "val_psnr", "seconds")
 VAL_SEED_OFFSET = 10_000_019
 
 
@@ -132,7 +130,6 @@ class Trainer:
         self.step = 0
         self.best = float("inf")
         self._val_episodes = None
-        self._writer = None
 
     # ---------------------------------------------------------------------------- set-up
     def _build_model(self) -> Neuroverse3D:
@@ -318,52 +315,16 @@ class Trainer:
                 "val_dice": float(sums[1] / sums[2]) if sums[2] else nan,
                 "val_psnr": float(sums[3] / sums[4]) if sums[4] else nan}
 
-    # --------------------------------------------------------------------------- logging
-    def _open_log(self):
-        path = self.out / "log.csv"
-        rows = []
-        if path.is_file():  # keep only rows up to the resumed step
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= self.step]
-        handle = open(path, "w", newline="")
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        handle.flush()
-        return handle, writer
-
-    def _tensorboard(self):
-        if not self.cfg.tensorboard:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            print("neuroverse3d-train: tensorboard is not installed; logging to log.csv only",
-                  file=sys.stderr)
-            return None
-        return SummaryWriter(str(self.out / "tensorboard"))
-
-    def _progress(self, total: int):
-        if not (self.cfg.progress and self.ctx.is_main):
-            return None
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return None
-        return tqdm(total=total, initial=self.step, unit="step", dynamic_ncols=True)
-
     # ------------------------------------------------------------------------------- run
     def fit(self) -> Dict[str, float]:
         """Train until ``steps`` (or ``stop_after``); returns the last validation metrics."""
         cfg = self.cfg
         self.resume()
         last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
-        log_file = writer = None
+        log = None
         if self.ctx.is_main:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-            log_file, writer = self._open_log()
-            self._writer = self._tensorboard()
-        bar = self._progress(last_step)
+            log = TrainingLog(self.out, cfg, self.step, last_step)
         metrics: Dict[str, float] = {}
         try:
             while self.step < last_step:
@@ -380,8 +341,8 @@ class Trainer:
                             save_checkpoint(self.model, self.out / "best.safetensors",
                                             grid=self.grid_metadata(), provenance=self.provenance())
                 row["seconds"] = round(time.perf_counter() - start, 4)
-                if self.ctx.is_main:
-                    self._log(row, writer, log_file, bar)
+                if log is not None:
+                    log.write(row, self.step)
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     self.save()
             if not (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
@@ -390,24 +351,6 @@ class Trainer:
                 self.record_precision_agreement()
             barrier(self.ctx)
         finally:
-            if log_file is not None:
-                log_file.close()
-            if bar is not None:
-                bar.close()
-            if self._writer is not None:
-                self._writer.close()
+            if log is not None:
+                log.close()
         return metrics
-
-    def _log(self, row: dict, writer, log_file, bar) -> None:
-        if self.step % max(self.cfg.log_every, 1) == 0 or "val_loss" in row:
-            writer.writerow(row)
-            log_file.flush()
-        if self._writer is not None:
-            for key in ("loss", "grad_norm", "lr", "val_loss", "val_dice", "val_psnr"):
-                if key in row:
-                    self._writer.add_scalar(key, row[key], self.step)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", stage=row["stage"], L=row["context_size"])
-        elif self.step % max(self.cfg.log_every, 1) == 0 and self.cfg.progress:
-            print(f"step {self.step}/{self.cfg.steps} loss {row['loss']:.4f}", file=sys.stderr)

@@ -20,6 +20,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..derivative_names import parse_bids_name
 from ..errors import MissingInputError
 from . import figures
 from .common import mask_volume_mm3, render, write_text_atomic
@@ -60,7 +61,7 @@ def collect_volumes(output_dir):
         if not match or "_space-" in path.name:
             continue
         prefix, name = match.group("prefix"), match.group("name")
-        entities = dict(part.split("-", 1) for part in prefix.split("_") if "-" in part)
+        entities = parse_bids_name(path)
         row = rows.setdefault(prefix, {
             "participant_id": f"sub-{entities['sub']}",
             "session_id": f"ses-{entities['ses']}" if "ses" in entities else "n/a",

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..derivatives import parse_bids_name
+from ..derivative_names import parse_bids_name
 from . import figures
 from .common import mask_volume_mm3
 
