@@ -127,6 +127,6 @@ def select(selection: str, ids: Sequence[str], size: int, members: int = 1, *,
     ``selection`` (:mod:`.strategies`) orders the pool, :func:`context_sets` takes the sets.
     ``ordering``: the caller's own seeded draw (for ``random``); scores: the strategy's
     ``{id: score}`` of every pool subject, or None."""
-    order, scores = get_strategy(selection).order(
-        ids, target=target, pool_images=pool_images, mask=mask, seed=seed, ordering=ordering)
-    return context_sets(order, size, members), scores
+    return get_strategy(selection).choose(ids, size, members, target=target,
+                                          pool_images=pool_images, mask=mask, seed=seed,
+                                          ordering=ordering)

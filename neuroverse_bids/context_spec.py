@@ -322,11 +322,16 @@ def pick_context_pool(candidates: List[str], spec: ContextSpec, targets: List[st
 
 
 def _check_pooled_request(pool: List[str], spec: ContextSpec, targets: List[str]):
-    from .model.selection import check_request
+    """Each target's strategy can take its sets out of the pool without it (else exit 64)."""
+    from .model.selection import context_sets
 
+    make_sets = get_strategy(spec.selection).sets or context_sets
     for target in targets:
-        problem = check_request(len([s for s in pool if s != target]), spec.num_contexts,
-                                spec.ensemble)
+        try:
+            make_sets([s for s in pool if s != target], spec.num_contexts, spec.ensemble)
+            problem = None
+        except ValueError as error:
+            problem = str(error)
         if problem:
             raise UsageError(f"{spec.source}: sub-{target}: {problem} (--context-selection "
                              f"{spec.selection}, --ensemble {spec.ensemble}, --num-contexts "

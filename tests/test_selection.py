@@ -111,3 +111,24 @@ def test_the_readme_table_is_the_registry():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert docs_table() in readme
+
+
+def test_similar_top_keeps_every_member_near_the_top_of_the_ranking():
+    """Members of similar-top overlap (stride L // K) instead of walking down the ranking."""
+    from neuroverse_bids.model.strategies.similar_top import sliding_windows
+
+    ranking = [f"{i:02d}" for i in range(16)]
+    disjoint = context_sets(ranking, 4, 4)
+    sliding = sliding_windows(ranking, 4, 4)
+    assert disjoint[-1] == ranking[12:16] and sliding[-1] == ranking[3:7]
+    assert sliding_windows(ranking, 8, 4)[1] == ranking[2:10]
+    assert len({tuple(s) for s in sliding}) == 4
+    with pytest.raises(ValueError, match="need 7 ranked subjects"):
+        sliding_windows(ranking[:6], 4, 4)
+    target = torch.rand(SHAPE)
+    pool = torch.stack([target + 0.05 * i * torch.rand(SHAPE) for i in range(8)])
+    ids = [f"s{i}" for i in range(8)]
+    sets, scores = select("similar-top", ids, size=3, members=3, target=target,
+                          pool_images=pool)
+    best = [i for i, _ in rank_pool(target, pool, ids)]
+    assert sets == [best[0:3], best[1:4], best[2:5]] and set(scores) == set(ids)

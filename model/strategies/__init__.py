@@ -28,13 +28,24 @@ class SelectionStrategy:
     then gives it the template brain mask there); ``order``: the pool in the order the context
     sets are taken from (:func:`~..selection.context_sets`: disjoint windows first);
     ``stacks_all``: a run stacks every labelled subject for it (else the first K*L+1 of the
-    seeded shuffle, enough for K disjoint sets whichever target is left out)."""
+    seeded shuffle, enough for K disjoint sets whichever target is left out); ``sets``:
+    ``(ordering, size, members) -> members`` context sets (None: :func:`~..selection.context_sets`,
+    disjoint windows of the ordering first)."""
 
     name: str
     summary: str
     order: Order
     compares_images: bool = False
     stacks_all: bool = False
+    sets: Optional[Callable[[Sequence[str], int, int], List[List[str]]]] = None
+
+    def choose(self, ids: Sequence[str], size: int, members: int = 1, **inputs):
+        """``members`` context sets of ``size`` out of ``ids`` and the scores (or None);
+        ``inputs``: what :attr:`order` reads (target, pool_images, mask, seed, ordering)."""
+        from ..selection import context_sets
+
+        ordering, scores = self.order(ids, **inputs)
+        return (self.sets or context_sets)(ordering, size, members), scores
 
 
 _REGISTRY: Dict[str, SelectionStrategy] = {}

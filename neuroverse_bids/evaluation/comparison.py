@@ -26,7 +26,7 @@ def _gain(method: str):
     """(reference method, kind) a method is compared with, or None."""
     if "-ens" in method:
         return method.split("-ens")[0], "ensemble"
-    if method == "model-similar":
+    if method.startswith("model-"):  # another selection strategy than random
         return "model", "selection"
     return None
 

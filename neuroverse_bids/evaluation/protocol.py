@@ -13,7 +13,7 @@ import torch
 from ..anatomy.synth import subject_seed
 from ..model.ensemble import EnsembleResult, RunningMoments, structure_uncertainty
 from ..model.selection import check_request, context_sets, rank_pool
-from ..model.strategies import seeded_ordering
+from ..model.strategies import get_strategy, seeded_ordering
 from ..model.training import SEGMENTATION, VolumeLoader, dice, make_pair, psnr, read_structures
 from ..model.training.manifest import named_structures, structures_file
 from ..workflows.errors import BadInputError, MissingInputError
@@ -29,7 +29,7 @@ BASELINES = {"dice": "majority-vote", "psnr": "degraded-input"}
 def method_name(base: str, selection: str = "random", members: int = 1) -> str:
     """``model`` (random, one draw: the paper's protocol), ``model-similar``,
     ``model-ens4``, ``model-similar-ens4``; baselines likewise (``majority-vote-similar``)."""
-    return base + ("-similar" if selection == "similar" else "") + \
+    return base + (f"-{selection}" if selection != "random" else "") + \
         (f"-ens{members}" if members > 1 else "")
 
 
@@ -152,13 +152,20 @@ class Evaluator:
                             else:
                                 self._episode(dataset, task, subjects[target], sets[0], size,
                                               draw, index)
-                    if SEGMENTATION in tasks and "similar" in self.selections:
-                        if ranking is None:  # once per target: it does not depend on L
+                    for selection in [s for s in self.selections if s != "random"]:
+                        if SEGMENTATION not in tasks:
+                            break
+                        strategy = get_strategy(selection)
+                        if ranking is None and strategy.compares_images:
+                            # once per target: it does not depend on L or the strategy
                             ranking = self._rank(subjects[target], [subjects[i] for i in pool])
-                        sets = [[subjects[i] for i in ids]
-                                for ids in context_sets(list(ranking), size, members)]
-                        self._segment(dataset, subjects[target], sets, size, 0, "similar",
-                                      ranking)
+                        ordering = (list(ranking) if strategy.compares_images else
+                                    seeded_ordering(pool, draw_seed(self.seed, dataset.name,
+                                                                    size, 0, index)))
+                        chosen = (strategy.sets or context_sets)(ordering, size, members)
+                        sets = [[subjects[i] for i in ids] for ids in chosen]
+                        self._segment(dataset, subjects[target], sets, size, 0, selection,
+                                      ranking if strategy.compares_images else None)
             self.log(f"neuroverse3d-eval: {dataset.name}: {len(test)} test subjects, pool "
                      f"{len(pool)}, tasks {', '.join(tasks) or 'none'}")
         return self.rows
