@@ -61,6 +61,8 @@ class WorkflowConfig:
     model: Optional[Path] = None
     template: Optional[str] = None
     sloppy: bool = False
+    #: group level: the leave-one-out self-evaluation (auto: pools of up to 20)
+    self_evaluation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ class RunConfig:
             masks=tuple(args.mask or ()), dseg_labels=tuple(args.dseg_label or ()),
             output_suffix=args.output_suffix, degradation=args.degradation,
             num_contexts=args.num_contexts, context_selection=args.context_selection,
-            ensemble=args.ensemble, model=args.model, template=args.template, sloppy=args.sloppy)
+            ensemble=args.ensemble, model=args.model, template=args.template, sloppy=args.sloppy,
+            self_evaluation=args.self_evaluation)
         inference = InferenceConfig(
             device=args.device, precision=Precision(args.precision),
             mini_context_size=args.mini_context_size, mem_gb=args.mem_gb,

@@ -153,3 +153,25 @@ def test_group_level_tabulates_native_volumes(app_run):
 
     figures = report_figures(out / "group.html")
     assert figures and all(is_nonempty_image(f) for f in figures)
+    # the leave-one-out self-evaluation of the context pool, first on the page
+    import csv
+    import json
+
+    with open(out / "self_evaluation.tsv", newline="") as handle:
+        table = list(csv.DictReader(handle, delimiter="\t"))
+    assert [r["structure"] for r in table] == list(STRUCTURES)
+    assert all(0.0 <= float(r["interval_low"]) <= float(r["expected_dice"])
+               <= float(r["interval_high"]) <= 1.0 for r in table)
+    sidecar = json.loads((out / "self_evaluation.json").read_text())
+    assert {"structure", "expected_dice"} <= set(sidecar) and sidecar["Method"]["LeaveOneOut"]
+    with open(out / "self_evaluation_cases.tsv", newline="") as handle:
+        cases = list(csv.DictReader(handle, delimiter="\t"))
+    pool = sidecar["Method"]["PoolSubjects"]
+    assert len(cases) == len(pool) * len(STRUCTURES)
+    for structure in STRUCTURES:  # the table's expected Dice is the mean of its cases
+        values = [float(c["dice"]) for c in cases if c["structure"] == structure]
+        row = next(r for r in table if r["structure"] == structure)
+        assert float(row["expected_dice"]) == pytest.approx(sum(values) / len(values), abs=1e-4)
+    assert all(c["subject"] not in c["contexts"].split(",") for c in cases)
+    page = (out / "group.html").read_text()
+    assert page.index('id="self-evaluation"') < page.index('id="summary"')

@@ -118,3 +118,8 @@ def test_group_command(outputs, tmp_path):
     assert (out / "group_volumes.tsv").is_file() and (out / "group.html").is_file()
     empty = tmp_path / "empty"
     assert main([str(bids), str(empty), "group", "-w", str(tmp_path / "work")]) == 66
+    # without a participant run's context set there is nothing to self-evaluate: skipped
+    # with a warning by default, an error (exit 66) when asked for
+    assert not (out / "self_evaluation.tsv").exists()
+    assert main([str(bids), str(out), "group", "-w", str(tmp_path / "work"),
+                 "--self-evaluation", "on"]) == 66

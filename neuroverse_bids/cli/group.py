@@ -6,12 +6,27 @@ Writes ``group_volumes.tsv`` (one row per image, one column per structure, mm^3)
 """
 from __future__ import annotations
 
+import logging
+
 from ..config import RunConfig
+from ..self_evaluation import run_self_evaluation
+from ..workflows.errors import NeuroverseError
 from ..workflows.reports.group import build_group_report
+
+LOGGER = logging.getLogger("neuroverse3d")
 
 
 def run_group(config: RunConfig) -> int:
-    written = build_group_report(config.execution.output_dir)
+    output_dir = config.execution.output_dir
+    mode = config.workflow.self_evaluation
+    if mode != "off":
+        try:
+            run_self_evaluation(output_dir, force=mode == "on")
+        except NeuroverseError as error:
+            if mode == "on":
+                raise
+            LOGGER.warning("self-evaluation skipped: %s", error)
+    written = build_group_report(output_dir)
     print(f"neuroverse3d: wrote {written['table']} ({written['rows']} rows, structures: "
           f"{', '.join(written['structures'])})")
     print(f"neuroverse3d: wrote {written['page']}")

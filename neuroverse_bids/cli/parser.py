@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_inference_options(parser)
 
+    group = parser.add_argument_group("Group level")
+    group.add_argument("--self-evaluation", choices=("auto", "on", "off"), default="auto",
+                       help="segment each labelled subject of the context pool from the others "
+                            "and write the expected Dice per structure (self_evaluation.tsv, "
+                            "first in group.html); auto: for pools of up to 20 labelled "
+                            "subjects (one prediction each)")
+
     perf = parser.add_argument_group("Options to handle performance")
     perf.add_argument("--nprocs", "--nthreads", "--n_cpus", dest="nprocs", type=positive_int,
                       metavar="N", help="maximum number of parallel processes (default: all CPUs)")

@@ -16,7 +16,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from . import figures
 from .common import mask_volume_mm3, render, write_text_atomic
 
 Z_LIMIT = 3.0
+#: the group level's leave-one-out self-evaluation (one row per structure), shown first
+SELF_EVALUATION_TABLE = "self_evaluation.tsv"
 MASK_PATTERN = re.compile(r"^(?P<prefix>sub-[^_]+(?:_ses-[^_]+)?.*?)_desc-(?P<name>[A-Za-z0-9]+)"
                           r"_mask\.nii(\.gz)?$")
 
@@ -146,12 +148,24 @@ def write_group_report(output_dir, rows: List[Dict], structures: List[str]) -> P
     uncertain = [any(flags[s][i] for s in qc) for i in range(len(rows))]
     table = [entry for _, entry in sorted(zip(uncertain, table), key=lambda item: not item[0])]
     flagged.sort(key=lambda item: item[1] not in qc)
-    sections = ([("distributions", "Distributions")] if distribution else []) + [
+    self_evaluation = read_self_evaluation(output_dir)
+    sections = ([("self-evaluation", "Expected accuracy")] if self_evaluation else []) + \
+        ([("distributions", "Distributions")] if distribution else []) + [
         ("summary", "Summary"), ("outliers", "Outliers"), ("volumes", "Volumes")]
     text = render("group.html.j2", title=f"Neuroverse3D group report ({len(rows)} images)",
                   sections=sections, distribution=distribution, summary=summary,
-                  flagged=flagged, rows=table, structures=structures, qc=qc)
+                  flagged=flagged, rows=table, structures=structures, qc=qc,
+                  self_evaluation=self_evaluation)
     return write_text_atomic(output_dir / "group.html", text)
+
+
+def read_self_evaluation(output_dir) -> Optional[List[Dict]]:
+    """The rows of ``self_evaluation.tsv`` (None when the group level wrote none)."""
+    path = Path(output_dir) / SELF_EVALUATION_TABLE
+    if not path.is_file():
+        return None
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 def build_group_report(output_dir) -> Dict[str, Path]:
