@@ -63,6 +63,7 @@ setup(
             "neuroverse3d-make-training-data=neuroverse_bids.anatomy.cli:main",
             "neuroverse3d-make-labelmap-data=neuroverse_bids.anatomy.labelmaps:main",
             "neuroverse3d-eval=neuroverse_bids.evaluation.cli:main",
+            "neuroverse3d-eval-heldout=neuroverse_bids.evaluation.heldout:main",
         ]
     },
 )

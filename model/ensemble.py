@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .labels import THRESHOLD  # noqa: F401  (foreground, as the app's masks and the Dice)
-from .selection import select
+from .strategies import select
 
 SUMMARIES = ("disagreement", "boundary_spread")
 QC_SUMMARY = "disagreement"
@@ -148,7 +148,7 @@ def predict_from_pool(predictor, target: Tensor, images: Tensor, labels: Tensor,
                       seed: int = 0, mask=None, exclude: Sequence[str] = (), flip: bool = False,
                       **predict_kwargs):
     """Select ``members`` context sets of ``size`` pairs out of a labelled pool for one target
-    (:func:`.selection.select`) and run them as an ensemble.
+    (:func:`.strategies.select`) and run them as an ensemble.
 
     images ``[N,D,H,W]``, labels ``[N,...]`` or ``[K_s,N,...]`` (the pool), ids: the N subject
     labels; exclude: subjects never used (the target itself); ordering: for ``random``, the

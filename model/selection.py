@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .intensity import normalise_intensity
-from .strategies import get_strategy
 
 
 
@@ -118,15 +117,3 @@ def context_sets(ordering: Sequence[str], size: int, members: int = 1) -> List[L
         if positions not in chosen:
             chosen.append(positions)
     return [[str(ordering[p]) for p in positions] for positions in chosen]
-
-
-def select(selection: str, ids: Sequence[str], size: int, members: int = 1, *,
-           target=None, pool_images: Optional[Sequence] = None, mask=None,
-           ordering: Optional[Callable[[], Sequence[str]]] = None, seed: int = 0):
-    """Context sets for one target -> ``(sets, scores)``: the registered strategy
-    ``selection`` (:mod:`.strategies`) orders the pool, :func:`context_sets` takes the sets.
-    ``ordering``: the caller's own seeded draw (for ``random``); scores: the strategy's
-    ``{id: score}`` of every pool subject, or None."""
-    return get_strategy(selection).choose(ids, size, members, target=target,
-                                          pool_images=pool_images, mask=mask, seed=seed,
-                                          ordering=ordering)

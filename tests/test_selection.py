@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuroverse_bids.model.selection import check_request, context_sets, ncc, rank_pool, select
-from neuroverse_bids.model.strategies import seeded_ordering
+from neuroverse_bids.model.selection import check_request, context_sets, ncc, rank_pool
+from neuroverse_bids.model.strategies import seeded_ordering, select
 
 SHAPE = (12, 12, 12)
 

@@ -117,7 +117,7 @@ def to_ants(img, data=None):
 
 
 @contextmanager
-def _ants_seed(seed):
+def ants_seed(seed):
     """Make ``ants.registration`` pass ``--random-seed seed+1`` (antspyx reads a module global;
     ANTs takes 0 to mean "seed from the clock")."""
     import ants
@@ -188,7 +188,7 @@ def register_affine(moving, fixed, out_dir, sloppy=False, seed=0, moving_space="
                    aff_iterations=settings["iterations"])
     work = Path(tempfile.mkdtemp(prefix=".register.", dir=out_dir))
     try:
-        with _ants_seed(seed):
+        with ants_seed(seed):
             rigid = ants.registration(fixed=fixed_ants, moving=moving_ants,
                                       type_of_transform="Rigid",
                                       outprefix=str(work / "rigid_"), **options)

@@ -79,6 +79,18 @@ def get_strategy(name: str) -> SelectionStrategy:
     return found[name]
 
 
+def select(selection: str, ids: Sequence[str], size: int, members: int = 1, *,
+           target=None, pool_images: Optional[Sequence] = None, mask=None,
+           ordering: Optional[Callable[[], Sequence[str]]] = None, seed: int = 0):
+    """Context sets for one target -> ``(sets, scores)``: the registered strategy
+    ``selection`` orders the pool and takes its sets. ``ordering``: the caller's own seeded
+    draw (for ``random``); scores: the strategy's ``{id: score}`` of every pool subject, or
+    None."""
+    return get_strategy(selection).choose(ids, size, members, target=target,
+                                          pool_images=pool_images, mask=mask, seed=seed,
+                                          ordering=ordering)
+
+
 def docs_table() -> str:
     """The strategies as a Markdown table (the README's and ``--list-selections``')."""
     rows = [f"| `{s.name}` | {s.summary} |" for s in strategies().values()]
