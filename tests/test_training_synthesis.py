@@ -1,7 +1,9 @@
-"""Task synthesis: shape, range, what changes (and what does not), determinism."""
+"""Degradations and task synthesis: shape, range, what changes (and what does not),
+determinism."""
 import pytest
 import torch
 
+from neuroverse_bids.model import degradations as deg
 from neuroverse_bids.model.training import synthesis as syn
 
 SHAPE = (16, 16, 16)
@@ -19,40 +21,40 @@ def image():
     return vol / vol.max()
 
 
-@pytest.mark.parametrize("name", sorted(syn.DEGRADATIONS))
+@pytest.mark.parametrize("name", sorted(deg.DEGRADATIONS))
 def test_registry_shape_range_change_and_determinism(image, name):
-    a = syn.degrade(name, image, _gen(1))
-    b = syn.degrade(name, image, _gen(1))
+    a = deg.degrade(name, image, _gen(1))
+    b = deg.degrade(name, image, _gen(1))
     assert a.shape == image.shape and a.dtype == torch.float32
     assert a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b)  # same seed, same result
     assert (a - image).abs().mean() > 1e-3  # it degrades
     if name != "downsample-x2":  # the only deterministic one
-        assert not torch.equal(a, syn.degrade(name, image, _gen(2)))
-    assert set(syn.DEGRADATIONS) == {"gaussian-noise", "salt-pepper", "inpainting", "bias-field",
+        assert not torch.equal(a, deg.degrade(name, image, _gen(2)))
+    assert set(deg.DEGRADATIONS) == {"gaussian-noise", "salt-pepper", "inpainting", "bias-field",
                                      "downsample-x2"}
 
 
 def test_unknown_degradation_is_refused(image):
     with pytest.raises(ValueError, match="unknown degradation"):
-        syn.degrade("blur", image, _gen())
+        deg.degrade("blur", image, _gen())
 
 
 def test_legendre_polynomials_match_closed_forms():
     x = torch.linspace(-1, 1, 7)
-    p = syn.legendre(x, 3)
+    p = deg.legendre(x, 3)
     assert torch.allclose(p[2], (3 * x ** 2 - 1) / 2)
     assert torch.allclose(p[3], (5 * x ** 3 - 3 * x) / 2, atol=1e-6)
 
 
 def test_bias_field_is_smooth_positive_and_multiplicative(image):
-    field = syn.bias_field(SHAPE, _gen(3), order=3, scale=0.3)
+    field = deg.bias_field(SHAPE, _gen(3), order=3, scale=0.3)
     assert field.min() > 0
     log_field = field.double().log()
     assert log_field.std() > 0.05  # not flat
     for axis in range(3):  # a cubic polynomial in the exponent: 4th differences vanish
         assert log_field.diff(n=4, dim=axis).abs().max() < 1e-4
-    out = syn.add_bias_field(image, _gen(3))
+    out = deg.add_bias_field(image, _gen(3))
     ratio = out / image
     assert torch.allclose(ratio / ratio.max(), field / field.max(), atol=1e-5)
     assert out.max() == pytest.approx(1.0)
@@ -62,7 +64,7 @@ def test_gaussian_noise_std_in_paper_range():
     flat = torch.full(SHAPE, 0.5)
     stds = []
     for seed in range(4):
-        noisy = syn.add_gaussian_noise(flat, _gen(seed))
+        noisy = deg.add_gaussian_noise(flat, _gen(seed))
         assert noisy.min() == 0 and noisy.max() == 1  # min-max rescaled
         # undo the min-max: residual std relative to the range of a 16^3 normal sample
         stds.append(noisy.std().item())
@@ -70,7 +72,7 @@ def test_gaussian_noise_std_in_paper_range():
 
 
 def test_salt_pepper_sets_the_expected_fraction(image):
-    out = syn.add_salt_pepper(image, _gen(4), prob=0.04)
+    out = deg.add_salt_pepper(image, _gen(4), prob=0.04)
     changed = out != image
     frac_salt = ((out == 1) & changed).float().mean().item()
     frac_pepper = ((out == 0) & changed).float().mean().item()
@@ -79,9 +81,9 @@ def test_salt_pepper_sets_the_expected_fraction(image):
 
 
 def test_inpainting_zeroes_a_blob_and_nothing_else(image):
-    mask = syn.perlin_mask(SHAPE, _gen(5), cells=(2,), fraction=(0.2, 0.2))
+    mask = deg.perlin_mask(SHAPE, _gen(5), cells=(2,), fraction=(0.2, 0.2))
     assert mask.float().mean().item() == pytest.approx(0.2, abs=0.01)
-    out = syn.add_inpainting_mask(image, _gen(5), cells=(2,), fraction=(0.2, 0.2))
+    out = deg.add_inpainting_mask(image, _gen(5), cells=(2,), fraction=(0.2, 0.2))
     assert torch.equal(out == 0, mask)  # the image has no zeros of its own
     assert torch.equal(out[~mask], image[~mask])
     # blobs, not salt: most masked voxels have a masked neighbour along x
@@ -90,17 +92,17 @@ def test_inpainting_zeroes_a_blob_and_nothing_else(image):
 
 
 def test_perlin_noise_is_smooth_and_bounded():
-    noise = syn.perlin_noise(SHAPE, _gen(6), cells=2)
+    noise = deg.perlin_noise(SHAPE, _gen(6), cells=2)
     assert noise.abs().max() <= 2.0 and noise.std() > 0.05
     assert noise.diff(dim=2).abs().max() < 0.5
 
 
 def test_downsample_x2_keeps_constant_and_smooths_detail():
     flat = torch.full(SHAPE, 0.7)
-    assert torch.allclose(syn.downsample_x2(flat), flat)
+    assert torch.allclose(deg.downsample_x2(flat), flat)
     checker = (torch.arange(16)[:, None, None] + torch.arange(16)[None, :, None]
                + torch.arange(16)[None, None, :]) % 2
-    out = syn.downsample_x2(checker.float())
+    out = deg.downsample_x2(checker.float())
     assert out.std() < 0.01  # the x1 checkerboard is beyond the x2 resolution
 
 
@@ -139,7 +141,7 @@ def test_overlay_is_rare_independent_and_excludes_the_task_itself(image):
     rate = sum(len(d) for d in draws) / (2000 * 4)
     assert 0.03 < rate < 0.07
     always = syn.draw_overlay("segmentation", _gen(), prob=1.0)
-    assert always == list(syn.DEGRADATIONS)
+    assert always == list(deg.DEGRADATIONS)
     source, _ = syn.make_pair("segmentation", {"image": image, "label": image > 0.5}, _gen(9),
                               overlay=["salt-pepper"])
     assert not torch.equal(source, image)
