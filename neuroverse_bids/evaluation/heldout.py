@@ -44,6 +44,7 @@ import torch
 from .. import __version__
 from ..errors import run_with_exit_codes
 from ..model.hashing import file_sha256
+from ..model.options import Precision
 from ..workflows.errors import BadInputError, OutputError, UsageError
 from . import heldout_methods as hm
 from .heldout_data import LabelmapSet
@@ -246,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=list(hm.CONTRAST_MODES), help="default: t1 t2 random")
     parser.add_argument("--seed", type=int, default=0, help="seed of draws (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
-    parser.add_argument("--precision", default="float32", help="float32 (default), bfloat16, "
-                        "float16 (CUDA) or auto")
+    parser.add_argument("--precision", default="float32", choices=Precision.names(),
+                        help="float32 (default), bfloat16, float16 (CUDA) or auto")
     parser.add_argument("--mini-context-size", type=mini_context_size, default="auto",
                         metavar="M", help="(structure, context) pairs per chunk (default auto)")
     group = parser.add_argument_group("joint label fusion")
