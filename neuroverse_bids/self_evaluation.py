@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
+from .workflows.derivatives import write_bidsignore
 from .workflows.errors import MissingInputError
 from .workflows.niftiio import write_text_atomic
 from .workflows.reports.group import SELF_EVALUATION_TABLE as TABLE
@@ -121,6 +122,7 @@ def run_self_evaluation(output_dir, force: bool = False) -> Optional[List[dict]]
     cases = leave_one_out(predictor, images, labels, ids, names, size, selection, members, seed)
     rows = summarise(cases, names, seed=seed)
     seconds = round(time.time() - started, 1)
+    write_bidsignore(output_dir)  # top-level files outside the BIDS specification
     write_text_atomic(output_dir / CASES, _tsv([c.to_dict() for c in cases]))
     write_text_atomic(output_dir / TABLE, _tsv(rows))
     write_text_atomic(output_dir / SIDECAR, json.dumps({

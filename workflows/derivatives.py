@@ -39,7 +39,8 @@ LABEL_SUFFIXES = ("mask", "dseg")
 ANAT_IMAGE_SUFFIXES = ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2",
                        "PDT2", "angio", "T1map", "T2map", "T2starmap", "R1map", "R2map",
                        "R2starmap", "PDmap", "UNIT1")
-IGNORED_PATTERNS = ("*_xfm.*", "*.html", "figures", "logs", "group_volumes.tsv", "cache")
+IGNORED_PATTERNS = ("*_xfm.*", "*.html", "figures", "logs", "group_volumes.tsv", "self_evaluation*",
+                    "cache")
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -143,14 +144,14 @@ def write_dataset_description(output_dir, source_datasets: Sequence[dict],
             raise OutputError(f"{output_dir}: holds derivatives of {', '.join(map(str, owners))}"
                               f", not {name}; choose another output folder")
         if existing == description:
-            _write_bidsignore(output_dir)
+            write_bidsignore(output_dir)
             return path
     _write_json(path, description)
-    _write_bidsignore(output_dir)
+    write_bidsignore(output_dir)
     return path
 
 
-def _write_bidsignore(output_dir: Path) -> Path:
+def write_bidsignore(output_dir: Path) -> Path:
     """Add :data:`IGNORED_PATTERNS` to ``output_dir/.bidsignore`` (keeping other lines)."""
     path = output_dir / ".bidsignore"
     lines = path.read_text().splitlines() if path.is_file() else []
