@@ -24,25 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-
-def _images(data, ids, contrast, seed):
-    from neuroverse_bids.evaluation.heldout_methods import synthesize
-    from neuroverse_bids.model.intensity import normalise_intensity
-
-    from neuroverse_bids.anatomy.synth import subject_seed
-
-    return torch.stack([torch.from_numpy(normalise_intensity(synthesize(
-        data.grid_labels(i), contrast, subject_seed(seed, "image", n))))
-        for n, i in enumerate(ids)])
-
-
-def _labels(data, ids, codes):
-    return torch.stack([torch.stack([torch.from_numpy(np.isin(data.grid_labels(i), values)
-                                                      .astype(np.float32))
-                                     for i in ids]) for values in codes])   # [K, N, ...]
+from labelmap_data import images_of, labels_of
 
 
 def measure(args) -> dict:
@@ -64,10 +46,10 @@ def measure(args) -> dict:
     cells = []
     for seed in args.seeds:
         contrast = draw_contrast("t1", seed)
-        pool = _images(data, pool_ids, contrast, seed)
-        pool_labels = _labels(data, pool_ids, codes)
-        target_images = _images(data, targets, contrast, seed + 1000)
-        target_labels = _labels(data, targets, codes)
+        pool = images_of(data, pool_ids, contrast, seed)
+        pool_labels = labels_of(data, pool_ids, codes)
+        target_images = images_of(data, targets, contrast, seed + 1000)
+        target_labels = labels_of(data, targets, codes)
         for size in args.sizes:
             for selection in args.selections:
                 started = time.time()
