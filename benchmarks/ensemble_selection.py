@@ -14,11 +14,9 @@ Writes ``benchmarks/results/ensemble_selection.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
-from labelmap_data import images_of, labels_of
+from labelmap_data import common_arguments, images_of, labels_of, write_result
 
 
 def measure(args) -> list:
@@ -81,21 +79,14 @@ def markdown(rows: list, args) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labelmaps", type=Path, required=True)
-    parser.add_argument("--native", type=Path, required=True)
-    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    common_arguments(parser, "benchmarks/results/ensemble_selection")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--members", type=int, nargs="+", default=[4])
     parser.add_argument("--selections", nargs="+", default=["random", "similar", "similar-top"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--precision", default="float32")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ensemble_selection"))
     args = parser.parse_args(argv)
     rows = measure(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(rows, args))
-    print(markdown(rows, args))
+    write_result(args.out, rows, markdown(rows, args))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,33 @@
 ``neuroverse3d-make-labelmap-data``, with intensities drawn from one contrast."""
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
+
+
+def common_arguments(parser: argparse.ArgumentParser, out: str) -> argparse.ArgumentParser:
+    """The data, model and output options every label-map benchmark takes."""
+    parser.add_argument("--labelmaps", type=Path, required=True,
+                        help="output folder of neuroverse3d-make-labelmap-data")
+    parser.add_argument("--native", type=Path, required=True,
+                        help="the native label maps it was built from")
+    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--out", type=Path, default=Path(out),
+                        help="result files without extension (.json and .md are written)")
+    return parser
+
+
+def write_result(out: Path, data, text: str):
+    """``<out>.json`` (the measurements) and ``<out>.md`` (the table); prints the table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    out.with_suffix(".md").write_text(text.rstrip() + "\n")
+    print(text)
 
 
 def images_of(data, ids, contrast, seed: int) -> torch.Tensor:

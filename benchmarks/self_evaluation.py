@@ -19,12 +19,11 @@ Writes ``<out>.json`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-from labelmap_data import images_of, labels_of
+from labelmap_data import common_arguments, images_of, labels_of, write_result
 
 
 def measure(args) -> dict:
@@ -105,20 +104,13 @@ def markdown(result: dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labelmaps", type=Path, required=True)
-    parser.add_argument("--native", type=Path, required=True)
-    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    common_arguments(parser, "benchmarks/results/self_evaluation")
     parser.add_argument("--sizes", type=int, nargs="+", default=[8])
     parser.add_argument("--selections", nargs="+", default=["random"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--precision", default="float32")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/self_evaluation"))
     args = parser.parse_args(argv)
     result = measure(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result) + "\n")
-    print(markdown(result))
+    write_result(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":
