@@ -83,15 +83,16 @@ def markdown(summary: dict, info: dict) -> str:
             lines.append(f"| {CONTRAST_TITLES.get(c, c)} | {L} | " + " | ".join(
                 _cell((cell(m, c, L) or {}).get("mean")) for m in methods) + " |")
     jlf = config["jlf"]
+    jlf_note = ("jlf: SyN of each native context to "
+                f"the native target and joint label fusion at {jlf['voxel_mm']} mm (block "
+                "means/majority, cropped to the head + "
+                f"{jlf['margin_mm']} mm), nearest back to 1 mm; {jlf['transform']} from the "
+                f"maps' template affines, SyN iterations {jlf['reg_iterations']}, search radius "
+                f"{jlf['r_search']}, patch radius {jlf['rad']}. " if "jlf" in methods else "")
     lines += ["", "Notes: model and majority run on the model grid and are mapped back with the "
               "inverse transform (linear, > 0.5); grid-truth is the target's own grid label map "
-              "mapped back the same way (the grid's ceiling). jlf: SyN of each native context to "
-              f"the native target and joint label fusion at {jlf['voxel_mm']} mm (block "
-              "means/majority, cropped to the head + "
-              f"{jlf['margin_mm']} mm), nearest back to 1 mm; {jlf['transform']} from the "
-              f"maps' template affines, SyN iterations {jlf['reg_iterations']}, search radius "
-              f"{jlf['r_search']}, patch radius {jlf['rad']}. Seconds per target exclude image "
-              f"synthesis; torch threads {info['threads']['torch']}, ITK threads "
+              "mapped back the same way (the grid's ceiling). " + jlf_note + "Seconds per target "
+              f"exclude image synthesis; torch threads {info['threads']['torch']}, ITK threads "
               f"{info['threads']['itk']}.",
               "", f"Command: `{info['command']}`", ""]
     return "\n".join(lines)
