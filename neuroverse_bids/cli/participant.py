@@ -39,7 +39,6 @@ class ParticipantPlan:
     main: MainWorkflowConfig                             # init_main_wf's configuration
     cache_dir: Optional[Path] = None
     cache_request: Dict = field(default_factory=dict)    # what the context pool depends on
-    build_args: Dict = field(default_factory=dict)       # context_cache.build_pool arguments
     workflow: object = None
     cache_max_gb: Optional[float] = None                 # --context-cache-max-gb
     cache_entry: Optional[str] = None                    # held in use until the run ends
@@ -108,17 +107,13 @@ def plan_participant_run(config: RunConfig) -> ParticipantPlan:
     context_cache.max_cache_bytes(cache_max_gb)  # a bad limit stops here (exit 64)
     request = context_cache.pool_request(spec, pool_pairs, grid, template, space.t1w,
                                          config.workflow.sloppy)
-    build_args = dict(pairs=pool_pairs, template_file=space.t1w,
-                      grid_reference=space.grid_reference, task=spec.task,
-                      degradation=spec.degradation or "", sloppy=config.workflow.sloppy,
-                      seed=spec.seed, work_dir=work_dir)
 
     write_dataset_description(output_dir, source_datasets=[{"path": str(bids_dir), "name": "raw"}],
                               version=__version__, container=container_info())
     if spec.task == "segmentation" and len(outputs.names) > 1:
         write_dseg_tsv(output_dir, {i + 1: n for i, n in enumerate(outputs.names)})
     return ParticipantPlan(output_dir, work_dir, subjects, main, cache_dir, request,
-                           build_args, cache_max_gb=cache_max_gb)
+                           cache_max_gb=cache_max_gb)
 
 
 def prepare_context_set(plan: ParticipantPlan, plugin: Dict) -> Dict:
@@ -128,8 +123,8 @@ def prepare_context_set(plan: ParticipantPlan, plugin: Dict) -> Dict:
 
     status = context_cache.ensure_entry(
         plan.cache_dir, plan.cache_request,
-        lambda folder: context_cache.build_pool(folder, plugin=plugin, **plan.build_args),
-        sources=context_cache.pool_sources(plan.build_args["pairs"]), max_gb=plan.cache_max_gb)
+        lambda folder: _build_pool(plan, folder, plugin),
+        sources=context_cache.pool_sources(plan.main.pairs), max_gb=plan.cache_max_gb)
     plan.cache_entry = status["Entry"]  # in use (never evicted) until run_workflow releases it
     pool_file = str(Path(status["Entry"]) / context_cache.POOL_FILE)
     # the sidecars name the entry (stable across reruns); what this job reused and how long it
@@ -146,6 +141,18 @@ def prepare_context_set(plan: ParticipantPlan, plugin: Dict) -> Dict:
           f"{'reused from' if status['Reused'] else 'built into'} {status['Entry']} "
           f"({status['SecondsPreparing']:.1f} s)")
     return status
+
+
+def _build_pool(plan: ParticipantPlan, folder: Path, plugin: Dict):
+    """Register the plan's context pairs onto the model grid and stack them into ``folder``."""
+    from .. import context_cache
+
+    main = plan.main
+    return context_cache.build_pool(
+        folder, pairs=main.pairs, template_file=main.space.t1w,
+        grid_reference=main.space.grid_reference, task=main.outputs.task,
+        degradation=main.outputs.degradation, sloppy=main.sloppy, seed=main.seed,
+        plugin=plugin, work_dir=plan.work_dir)
 
 
 def run_workflow(plan: ParticipantPlan, plugin: Dict, config: RunConfig) -> int:
