@@ -6,9 +6,10 @@ structure here, measured on the pool itself before anyone checks a result.
 
 Each labelled subject is segmented from the others, exactly as a target would be (the same
 strategy, context size and ensemble), on the model grid where the pool is already registered:
-no new registration. A case records the Dice against the subject's own label and the signals a
-quality estimate can use: the ensemble's disagreement and boundary spread (0 for one member)
-and the mean similarity (NCC) of the subject to its contexts. Cost: N predictions of
+no new registration. A case records the Dice against the subject's own label and every
+registered quality signal (:mod:`.quality_signals`: the ensemble's disagreement, the
+similarity of the subject to its contexts, ...), which :class:`.quality.QualityModel` fits on.
+Cost: N predictions of
 ``members`` x ``size`` context pairs for a pool of N (for N = 20 at 64^3 on two CPU cores,
 about a minute with the bundled model).
 """
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .ensemble import predict_from_pool, structure_uncertainty
+from .ensemble import predict_from_pool
 from .labels import THRESHOLD
-from .selection import ncc
+from .quality_signals import SignalInputs, compute_signals
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,13 @@ class Case:
     subject: str
     structure: str
     dice: float
-    disagreement: float
-    boundary_spread: float
-    similarity: float          # mean NCC of the subject to its context subjects
     contexts: str              # the context subjects, comma-separated
+    signals: Dict[str, float] = field(default_factory=dict)   # {signal name: value}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """One flat row: subject, structure, dice, contexts, then one column per signal."""
+        return {"subject": self.subject, "structure": self.structure, "dice": self.dice,
+                "contexts": self.contexts, **self.signals}
 
 
 def dice_score(probability: torch.Tensor, truth: torch.Tensor) -> float:
@@ -51,12 +52,16 @@ def dice_score(probability: torch.Tensor, truth: torch.Tensor) -> float:
 
 def leave_one_out(predictor, images: torch.Tensor, labels: torch.Tensor, ids: Sequence[str],
                   names: Sequence[str], size: int, selection: str = "random",
-                  members: int = 1, seed: int = 0, mask=None) -> List[Case]:
+                  members: int = 1, seed: int = 0, mask=None,
+                  calibration=None, on_result=None) -> List[Case]:
     """Segment every pool subject from the others.
 
     images ``[N,D,H,W]`` (intensity-normalised, on the model grid); labels ``[K,N,D,H,W]``
     (K structures, named ``names``); ``size`` contexts per member (at most N - 1);
-    ``selection``/``members``/``seed``/``mask`` as the run's ICL nodes use them.
+    ``selection``/``members``/``seed``/``mask`` as the run's ICL nodes use them;
+    ``calibration``: a :class:`.quality.ProbabilityCalibration` that accumulates every case's
+    probability map against its truth; ``on_result(index, result)``: called with each
+    subject's :class:`.ensemble.EnsembleResult` (benchmarks keep the maps).
     """
     images, labels = torch.as_tensor(images), torch.as_tensor(labels)
     ids = [str(s) for s in ids]
@@ -68,13 +73,17 @@ def leave_one_out(predictor, images: torch.Tensor, labels: torch.Tensor, ids: Se
         result, sets, _ = predict_from_pool(
             predictor, images[index], images, labels, ids, size, members, selection,
             seed=seed, mask=mask, exclude=[subject])
-        summaries = structure_uncertainty(result)
+        if on_result is not None:
+            on_result(index, result)
         used = list(dict.fromkeys(s for chosen in sets for s in chosen))
-        similarity = sum(ncc(images[index], images[ids.index(s)], mask) for s in used) / len(used)
+        where = [ids.index(s) for s in used]
+        signals = compute_signals(SignalInputs(result, images[index], images[where],
+                                               labels[:, where], mask), names)
         for k, name in enumerate(names):
             cases.append(Case(subject, name, dice_score(result.mean[k], labels[k, index]),
-                              summaries[k]["disagreement"], summaries[k]["boundary_spread"],
-                              round(similarity, 6), ",".join(used)))
+                              ",".join(used), signals[name]))
+            if calibration is not None:
+                calibration.add(name, result.mean[k], labels[k, index])
     return cases
 
 

@@ -101,7 +101,7 @@ def test_a_registered_strategy_reaches_the_cli_the_spec_and_the_node():
         assert sets == [["03", "02"]] and scores is None
         assert "| `reverse-test` | ids backwards |" in strategies.docs_table()
     finally:
-        strategies._REGISTRY.pop("reverse-test")
+        strategies._REGISTRY.unregister("reverse-test")
 
 
 def test_the_readme_table_is_the_registry():

@@ -73,4 +73,5 @@ def test_a_real_model_runs_leave_one_out_with_an_ensemble(tiny_model):
     cases = leave_one_out(predictor, images, labels, ids, ["cube", "moving"], size=2,
                           selection="similar", members=2)
     assert len(cases) == 10 and all(0.0 <= c.dice <= 1.0 for c in cases)
-    assert all(0.0 <= c.disagreement <= 1.0 and -1.0 <= c.similarity <= 1.0 for c in cases)
+    assert all(0.0 <= c.signals["disagreement"] <= 1.0 and -1.0 <= c.signals["similarity"] <= 1.0
+               for c in cases)

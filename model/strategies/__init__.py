@@ -12,10 +12,10 @@ at module level (``--help`` reads the registry without torch or NumPy).
 """
 from __future__ import annotations
 
-import pkgutil
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..registry import Registry
 
 #: (ids, target=, pool_images=, mask=, seed=, ordering=) -> (pool ordering, {id: score} or None)
 Order = Callable[..., Tuple[List[str], Optional[Dict[str, float]]]]
@@ -48,35 +48,23 @@ class SelectionStrategy:
         return (self.sets or context_sets)(ordering, size, members), scores
 
 
-_REGISTRY: Dict[str, SelectionStrategy] = {}
-
-
-def register(strategy: SelectionStrategy) -> SelectionStrategy:
-    """Add ``strategy`` under its name (a second strategy of the same name is an error)."""
-    if strategy.name in _REGISTRY and _REGISTRY[strategy.name] is not strategy:
-        raise ValueError(f"a selection strategy named {strategy.name!r} is already registered")
-    _REGISTRY[strategy.name] = strategy
-    return strategy
+_REGISTRY: Registry[SelectionStrategy] = Registry(__name__, __path__, "selection", first="random")
+#: add a strategy (a second strategy of the same name is an error)
+register = _REGISTRY.register
 
 
 def strategies() -> Dict[str, SelectionStrategy]:
     """Every registered strategy by name (``random`` first, then alphabetical)."""
-    for module in pkgutil.iter_modules(__path__):
-        import_module(f"{__name__}.{module.name}")
-    names = sorted(_REGISTRY, key=lambda n: (n != "random", n))
-    return {name: _REGISTRY[name] for name in names}
+    return _REGISTRY.all()
 
 
 def strategy_names() -> Tuple[str, ...]:
-    return tuple(strategies())
+    return _REGISTRY.names()
 
 
 def get_strategy(name: str) -> SelectionStrategy:
     """The strategy ``name``; ``ValueError`` naming the choices otherwise."""
-    found = strategies()
-    if name not in found:
-        raise ValueError(f"selection must be one of {', '.join(found)}, got {name!r}")
-    return found[name]
+    return _REGISTRY.get(name)
 
 
 def select(selection: str, ids: Sequence[str], size: int, members: int = 1, *,
@@ -93,8 +81,7 @@ def select(selection: str, ids: Sequence[str], size: int, members: int = 1, *,
 
 def docs_table() -> str:
     """The strategies as a Markdown table (the README's and ``--list-selections``')."""
-    rows = [f"| `{s.name}` | {s.summary} |" for s in strategies().values()]
-    return "\n".join(["| selection | what it does |", "| --- | --- |", *rows])
+    return _REGISTRY.docs_table(("selection", "what it does"))
 
 
 def seeded_ordering(ids: Sequence[str], seed: int) -> List[str]:
