@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .labels import THRESHOLD  # noqa: F401  (foreground, as the app's masks and the Dice)
+from .labels import THRESHOLD  # foreground, as the app's masks and the Dice
 from .strategies import select
 
 SUMMARIES = ("disagreement", "boundary_spread")
@@ -85,6 +85,12 @@ class EnsembleResult:
     std: Tensor
     votes: Tensor
     members: int
+
+
+def single_member(mean: Tensor) -> EnsembleResult:
+    """One plain prediction as a one-member :class:`EnsembleResult` (spread 0)."""
+    mean = torch.as_tensor(mean).float()
+    return EnsembleResult(mean, torch.zeros_like(mean), (mean > THRESHOLD).to(torch.uint8), 1)
 
 
 def _flipped(volumes):

@@ -63,6 +63,8 @@ class WorkflowConfig:
     sloppy: bool = False
     #: group level: the leave-one-out self-evaluation (auto: pools of up to 20)
     self_evaluation: str = "auto"
+    #: group level: how many unlabelled participants to suggest labelling next (0: none)
+    suggest_labels: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ class RunConfig:
             output_suffix=args.output_suffix, degradation=args.degradation,
             num_contexts=args.num_contexts, context_selection=args.context_selection,
             ensemble=args.ensemble, model=args.model, template=args.template, sloppy=args.sloppy,
-            self_evaluation=args.self_evaluation)
+            self_evaluation=args.self_evaluation,
+            suggest_labels=args.suggest_labels)
         inference = InferenceConfig(
             device=args.device, precision=Precision(args.precision),
             mini_context_size=args.mini_context_size, mem_gb=args.mem_gb,

@@ -13,7 +13,8 @@ cache entry, named in ``logs/context-set_<key>_<job>.json``), the run's configur
                                quality signals of that case
 
 Pools larger than ``MAX_DEFAULT_POOL`` are skipped unless asked for (the cost grows with the
-pool: one prediction per labelled subject).
+pool: one prediction per labelled subject). The returned :class:`SelfEvaluation` carries the
+cases and the fitted probability calibration on to :mod:`.quality`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import io
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -47,6 +49,20 @@ COLUMNS = {
     "worst_subject": "the labelled subject segmented worst",
     "warning": "a plain sentence when the expected Dice is below 0.6, else empty",
 }
+
+
+@dataclass(frozen=True)
+class SelfEvaluation:
+    """What the self-evaluation measured: ``rows`` (self_evaluation.tsv), ``cases``
+    (:class:`...model.self_evaluation.Case`), ``calibration`` (the fitted
+    :class:`...model.quality.ProbabilityCalibration` of the cases' probability maps), the
+    ``pool`` subject labels and the structure ``names``."""
+
+    rows: List[dict]
+    cases: list
+    calibration: object
+    pool: List[str]
+    names: List[str]
 
 
 def _newest(paths) -> Optional[Path]:
@@ -77,7 +93,7 @@ def _run_inputs(output_dir: Path) -> dict:
     return {"pool": pool, "config": config, "spec": json.loads(sidecar.read_text())["ContextSpec"]}
 
 
-def _tsv(rows: List[dict]) -> str:
+def tsv_text(rows: List[dict]) -> str:
     stream = io.StringIO()
     writer = csv.DictWriter(stream, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
     writer.writeheader()
@@ -85,9 +101,9 @@ def _tsv(rows: List[dict]) -> str:
     return stream.getvalue()
 
 
-def run_self_evaluation(output_dir, force: bool = False) -> Optional[List[dict]]:
-    """Evaluate the newest participant run's pool; write the three files; return the summary
-    rows (None when skipped: not a segmentation, or a pool above :data:`MAX_DEFAULT_POOL`
+def run_self_evaluation(output_dir, force: bool = False) -> Optional[SelfEvaluation]:
+    """Evaluate the newest participant run's pool; write the three files; return what it
+    measured (None when skipped: not a segmentation, or a pool above :data:`MAX_DEFAULT_POOL`
     without ``force``)."""
     import numpy as np
     import torch
@@ -96,6 +112,7 @@ def run_self_evaluation(output_dir, force: bool = False) -> Optional[List[dict]]
     from .model.options import InferenceOptions
     from .model.predictor import Predictor
     from .model.pretrained import resolve_model_path
+    from .model.quality import ProbabilityCalibration
     from .model.self_evaluation import leave_one_out, summarise
 
     output_dir = Path(output_dir)
@@ -119,12 +136,14 @@ def run_self_evaluation(output_dir, force: bool = False) -> Optional[List[dict]]
     started = time.time()
     size, selection = int(spec["num_contexts"]), spec.get("selection", "random")
     members, seed = int(spec.get("ensemble", 1)), int(spec.get("seed", 0))
-    cases = leave_one_out(predictor, images, labels, ids, names, size, selection, members, seed)
+    calibration = ProbabilityCalibration()
+    cases = leave_one_out(predictor, images, labels, ids, names, size, selection, members, seed,
+                          calibration=calibration)
     rows = summarise(cases, names, seed=seed)
     seconds = round(time.time() - started, 1)
     write_bidsignore(output_dir)  # top-level files outside the BIDS specification
-    write_text_atomic(output_dir / CASES, _tsv([c.to_dict() for c in cases]))
-    write_text_atomic(output_dir / TABLE, _tsv(rows))
+    write_text_atomic(output_dir / CASES, tsv_text([c.to_dict() for c in cases]))
+    write_text_atomic(output_dir / TABLE, tsv_text(rows))
     write_text_atomic(output_dir / SIDECAR, json.dumps({
         **{name: {"Description": text} for name, text in COLUMNS.items()},
         "Method": {"LeaveOneOut": True, "ContextSize": min(size, len(ids) - 1),
@@ -134,4 +153,4 @@ def run_self_evaluation(output_dir, force: bool = False) -> Optional[List[dict]]
         "Software": f"neuroverse3d {__version__}"}, indent=2) + "\n")
     print(f"neuroverse3d: self-evaluation of {len(ids)} labelled subjects in {seconds} s: "
           + ", ".join(f"{r['structure']} {r['expected_dice']:.2f}" for r in rows))
-    return rows
+    return SelfEvaluation(rows, cases, calibration.fit(), ids, names)

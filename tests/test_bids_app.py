@@ -139,7 +139,8 @@ def test_group_level_tabulates_native_volumes(app_run):
     out = app_run["out"]
     env = dict(os.environ, TEMPLATEFLOW_HOME=str(app_run["demo"] / "templateflow"))
     result = subprocess.run(["neuroverse3d", str(app_run["demo"] / "bids"), str(out), "group",
-                             "-w", str(app_run["work"])], capture_output=True, text=True, env=env)
+                             "-w", str(app_run["work"]), "--suggest-labels", "1"],
+                            capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     rows = (out / "group_volumes.tsv").read_text().splitlines()
     header = rows[0].split("\t")
@@ -175,3 +176,19 @@ def test_group_level_tabulates_native_volumes(app_run):
     assert all(c["subject"] not in c["contexts"].split(",") for c in cases)
     page = (out / "group.html").read_text()
     assert page.index('id="self-evaluation"') < page.index('id="summary"')
+    # the predicted Dice of every image and structure, fitted on those cases, and the
+    # calibrated maps; every demo participant is labelled, so nobody is suggested
+    with open(out / "quality.tsv", newline="") as handle:
+        quality = list(csv.DictReader(handle, delimiter="\t"))
+    assert sorted((r["participant_id"], r["structure"]) for r in quality) == sorted(
+        (f"sub-{s}", n) for s in ("01", "02") for n in STRUCTURES)
+    assert all(0.0 <= float(r["predicted_dice"]) <= 1.0 for r in quality)
+    for subject in ("01", "02"):
+        anat = out / f"sub-{subject}" / "anat"
+        meta = json.loads((anat / f"sub-{subject}_desc-GM_mask.json").read_text())
+        assert set(meta["QualitySignals"]) == set(STRUCTURES)
+        calibrated = nb.load(str(anat / f"sub-{subject}_label-GM_desc-calibrated_probseg.nii.gz"))
+        values = np.asanyarray(calibrated.dataobj)
+        assert calibrated.shape == mask.shape and 0.0 <= values.min() <= values.max() <= 1.0
+    assert (out / "suggest_labels.tsv").read_text().startswith("participant_id\texpected_gain")
+    assert page.index('id="quality"') < page.index('id="suggest"') < page.index('id="summary"')

@@ -111,6 +111,7 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
                                    device=inference.device, precision=inference.precision.value,
                                    mini_context_size=inference.mini_context_size,
                                    mem_gb=inference.memory_gb,
+                                   quality_signals=task == "segmentation",
                                    **(ensemble.node_inputs() if ensemble else {})),
                   name="icl", mem_gb=resources.mem_gb, n_procs=resources.n_procs)
     if exclude:

@@ -40,7 +40,7 @@ ANAT_IMAGE_SUFFIXES = ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "in
                        "PDT2", "angio", "T1map", "T2map", "T2starmap", "R1map", "R2map",
                        "R2starmap", "PDmap", "UNIT1")
 IGNORED_PATTERNS = ("*_xfm.*", "*.html", "figures", "logs", "group_volumes.tsv", "self_evaluation*",
-                    "cache")
+                    "quality.*", "suggest_labels.*", "cache")
 
 
 # --------------------------------------------------------------------------- atomic writes

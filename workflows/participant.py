@@ -31,6 +31,9 @@ def _merge_meta(info, static):
                                     "EnsembleSize": record.ensemble,
                                     "ContextSets": record.context_sets,
                                     "SimilarityNCC": record.similarity}
+    if record.quality_signals:  # per structure, see model.quality_signals
+        meta["QualitySignals"] = record.quality_signals
+        meta["ContextSimilarityNCC"] = record.context_similarity
     if record.ensemble > 1:  # per structure, see model.ensemble
         meta["Uncertainty"] = {name: {"BoundarySpread": round(values["boundary_spread"], 6),
                                       "Disagreement": round(values["disagreement"], 6)}

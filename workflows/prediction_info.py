@@ -21,7 +21,10 @@ class PredictionInfo:
     subject used; ``seconds_*``: model loading and inference (s). Chosen out of a pool:
     ``selection`` (strategy), ``ensemble`` members, ``context_sets`` (each member's subjects),
     ``similarity`` (``{subject: score}`` of the used subjects, for strategies that score) and
-    ``uncertainty`` (``{structure: {"disagreement", "boundary_spread"}}``)."""
+    ``uncertainty`` (``{structure: {"disagreement", "boundary_spread"}}``). Segmentations:
+    ``quality_signals`` (``{structure: {signal: value}}``, :mod:`...model.quality_signals`)
+    and ``context_similarity`` (``{subject: NCC}`` of the target to each subject of its
+    context set)."""
 
     model: Optional[str] = None
     model_sha256: Optional[str] = None
@@ -37,12 +40,18 @@ class PredictionInfo:
     context_sets: Optional[List[List[str]]] = None
     similarity: Optional[Dict[str, float]] = None
     uncertainty: Optional[Dict[str, Dict[str, float]]] = None
+    quality_signals: Optional[Dict[str, Dict[str, float]]] = None
+    context_similarity: Optional[Dict[str, float]] = None
 
     def to_dict(self) -> dict:
-        """JSON-ready; the pool fields only for a node that chose out of a pool."""
+        """JSON-ready; the pool fields only for a node that chose out of a pool, the quality
+        fields only for a node that recorded them."""
         info = asdict(self)
         if not self.pooled:
             for name in POOL_FIELDS:
+                info.pop(name)
+        for name in ("quality_signals", "context_similarity"):
+            if info[name] is None:
                 info.pop(name)
         return info
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from ..config import RunConfig
+from ..quality import run_quality
 from ..self_evaluation import run_self_evaluation
 from ..workflows.errors import NeuroverseError
 from ..workflows.reports.group import build_group_report
@@ -18,10 +19,15 @@ LOGGER = logging.getLogger("neuroverse3d")
 
 def run_group(config: RunConfig) -> int:
     output_dir = config.execution.output_dir
-    mode = config.workflow.self_evaluation
+    mode, suggest = config.workflow.self_evaluation, config.workflow.suggest_labels
+    if suggest and mode == "off":
+        LOGGER.warning("--suggest-labels needs the self-evaluation; it is off, so nothing is "
+                       "suggested")
     if mode != "off":
-        try:
-            run_self_evaluation(output_dir, force=mode == "on")
+        try:  # the quality estimate and suggestions are fitted on the self-evaluation's cases
+            evaluation = run_self_evaluation(output_dir, force=mode == "on" or bool(suggest))
+            if evaluation is not None:
+                run_quality(output_dir, evaluation, suggest=suggest)
         except NeuroverseError as error:
             if mode == "on":
                 raise

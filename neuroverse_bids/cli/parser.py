@@ -146,8 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--self-evaluation", choices=("auto", "on", "off"), default="auto",
                        help="segment each labelled subject of the context pool from the others "
                             "and write the expected Dice per structure (self_evaluation.tsv, "
-                            "first in group.html); auto: for pools of up to 20 labelled "
-                            "subjects (one prediction each)")
+                            "first in group.html), then predict each image's Dice "
+                            "(quality.tsv) and write calibrated probability maps; auto: for "
+                            "pools of up to 20 labelled subjects (one prediction each)")
+    group.add_argument("--suggest-labels", type=positive_int, default=0, metavar="N",
+                       help="rank the unlabelled participants by the expected gain of labelling "
+                            "them (low predicted quality, far from the labelled subjects) and "
+                            "write the best N to suggest_labels.tsv and group.html")
 
     perf = parser.add_argument_group("Options to handle performance")
     perf.add_argument("--nprocs", "--nthreads", "--n_cpus", dest="nprocs", type=positive_int,

@@ -143,6 +143,9 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
     exclude = traits.List(traits.Str, desc="subjects never used as context (the target's own)")
     similarity_mask = File(exists=True, desc="mask on the model grid for similar (the template "
                            "brain); default: the target's nonzero voxels")
+    quality_signals = traits.Bool(False, usedefault=True,
+                                  desc="segmentation: record every registered quality signal per "
+                                       "structure and the target's NCC to each context subject")
 
 
 class _PredictOutputSpec(TraitedSpec):
@@ -175,6 +178,7 @@ class InContextPredict(SimpleInterface):
         img, target = load_volume(self.inputs.target)
         with np.load(self.inputs.context_set) as stack:
             images, outputs, subjects = stack["images"], stack["outputs"], stack["subjects"]
+        subjects_all = [str(s) for s in subjects]
         if outputs.shape[0] != len(self.inputs.output_names):
             raise ValueError(f"{self.inputs.context_set}: {outputs.shape[0]} outputs but "
                              f"{len(self.inputs.output_names)} names")
@@ -186,24 +190,27 @@ class InContextPredict(SimpleInterface):
         plain = (self.inputs.selection == "random" and self.inputs.ensemble == 1
                  and not self.inputs.num_contexts and not self.inputs.exclude)
         spreads, extra = [], {}
+        mask = (load_volume(self.inputs.similarity_mask)[1] > 0
+                if isdefined(self.inputs.similarity_mask) else None)
         if plain:
-            result = predictor.predict(torch.from_numpy(target), torch.from_numpy(images),
-                                       torch.from_numpy(outputs)).numpy()
+            from ...model.ensemble import single_member
+
+            ensemble = single_member(predictor.predict(
+                torch.from_numpy(target), torch.from_numpy(images), torch.from_numpy(outputs)))
+            result, used = ensemble.mean.numpy(), subjects_all
         else:
             from ...model.ensemble import predict_from_pool, structure_uncertainty
 
-            mask = (load_volume(self.inputs.similarity_mask)[1] > 0
-                    if isdefined(self.inputs.similarity_mask) else None)
-            pool = [str(s) for s in subjects if str(s) not in set(self.inputs.exclude)]
+            pool = [s for s in subjects_all if s not in set(self.inputs.exclude)]
             ensemble, sets, scores = predict_from_pool(
                 predictor, torch.from_numpy(target), torch.from_numpy(images),
-                torch.from_numpy(outputs), [str(s) for s in subjects],
+                torch.from_numpy(outputs), subjects_all,
                 self.inputs.num_contexts or len(pool), self.inputs.ensemble,
-                self.inputs.selection, ordering=[str(s) for s in subjects],
+                self.inputs.selection, ordering=subjects_all,
                 exclude=self.inputs.exclude, mask=mask)
             result = ensemble.mean.numpy()
             summaries = structure_uncertainty(ensemble)
-            subjects = list(dict.fromkeys(s for subset in sets for s in subset))  # all used
+            used = list(dict.fromkeys(s for subset in sets for s in subset))  # all used
             extra = dict(selection=self.inputs.selection, ensemble=ensemble.members,
                          context_sets=sets,
                          similarity={s: round(scores[s], 6) for s in sorted(
@@ -214,6 +221,11 @@ class InContextPredict(SimpleInterface):
                                                   node_file(runtime, f"{name}_spread.nii.gz")))
                            for name, volume in zip(self.inputs.output_names,
                                                    ensemble.std.numpy())]
+        if self.inputs.quality_signals:
+            extra.update(_quality_record(ensemble, target, images, outputs, subjects_all, used,
+                                         self.inputs.output_names, mask,
+                                         self.inputs.exclude if isdefined(self.inputs.exclude)
+                                         else ()))
         done = time.perf_counter()
         files = []
         for name, volume in zip(self.inputs.output_names, result):
@@ -230,10 +242,28 @@ class InContextPredict(SimpleInterface):
             device=str(predictor.device),
             mini_context_size=getattr(predictor, "last_mini_context_size",
                                       self.inputs.mini_context_size),
-            context_subjects=[str(s) for s in subjects],
+            context_subjects=used,
             seconds_load=round(loaded - start, 3),
             seconds_inference=round(done - loaded, 3),
             **extra,
         ).to_dict()
         Path(runtime.cwd, "info.json").write_text(json.dumps(self._results["info"], indent=2))
         return runtime
+
+
+def _quality_record(ensemble, target, images, outputs, subjects, used, names, mask,
+                    exclude=()) -> dict:
+    """``quality_signals`` (per structure, every registered signal of
+    :mod:`...model.quality_signals`) and ``context_similarity`` (the target's NCC to every
+    subject of its context set but the excluded, for the group level's label suggestions)."""
+    import torch
+
+    from ...model.quality_signals import SignalInputs, compute_signals
+    from ...model.selection import ncc
+
+    where = [subjects.index(s) for s in used]
+    inputs = SignalInputs(ensemble, torch.from_numpy(target), torch.from_numpy(images[where]),
+                          torch.from_numpy(outputs[:, where]), mask)
+    return {"quality_signals": compute_signals(inputs, list(names)),
+            "context_similarity": {s: round(ncc(target, images[i], mask), 6)
+                                   for i, s in enumerate(subjects) if s not in set(exclude)}}

@@ -26,8 +26,12 @@ from . import figures
 from .common import mask_volume_mm3, render, write_text_atomic
 
 Z_LIMIT = 3.0
+#: a predicted Dice below this is flagged in the report
+LOW_DICE = 0.6
 #: the group level's leave-one-out self-evaluation (one row per structure), shown first
 SELF_EVALUATION_TABLE = "self_evaluation.tsv"
+#: the predicted Dice per image and structure, and the participants to label next
+QUALITY_TABLE, SUGGEST_TABLE = "quality.tsv", "suggest_labels.tsv"
 MASK_PATTERN = re.compile(r"^(?P<prefix>sub-[^_]+(?:_ses-[^_]+)?.*?)_desc-(?P<name>[A-Za-z0-9]+)"
                           r"_mask\.nii(\.gz)?$")
 
@@ -149,23 +153,50 @@ def write_group_report(output_dir, rows: List[Dict], structures: List[str]) -> P
     table = [entry for _, entry in sorted(zip(uncertain, table), key=lambda item: not item[0])]
     flagged.sort(key=lambda item: item[1] not in qc)
     self_evaluation = read_self_evaluation(output_dir)
+    quality, suggestions = quality_by_image(output_dir), read_table(output_dir / SUGGEST_TABLE)
     sections = ([("self-evaluation", "Expected accuracy")] if self_evaluation else []) + \
+        ([("quality", "Predicted quality")] if quality else []) + \
+        ([("suggest", "Label next")] if suggestions is not None else []) + \
         ([("distributions", "Distributions")] if distribution else []) + [
         ("summary", "Summary"), ("outliers", "Outliers"), ("volumes", "Volumes")]
     text = render("group.html.j2", title=f"Neuroverse3D group report ({len(rows)} images)",
                   sections=sections, distribution=distribution, summary=summary,
                   flagged=flagged, rows=table, structures=structures, qc=qc,
-                  self_evaluation=self_evaluation)
+                  self_evaluation=self_evaluation, quality=quality, suggestions=suggestions,
+                  low_dice=LOW_DICE)
     return write_text_atomic(output_dir / "group.html", text)
+
+
+def read_table(path) -> Optional[List[Dict]]:
+    """The rows of a TSV the group level wrote (None when it wrote none)."""
+    if not Path(path).is_file():
+        return None
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 def read_self_evaluation(output_dir) -> Optional[List[Dict]]:
     """The rows of ``self_evaluation.tsv`` (None when the group level wrote none)."""
-    path = Path(output_dir) / SELF_EVALUATION_TABLE
-    if not path.is_file():
+    return read_table(Path(output_dir) / SELF_EVALUATION_TABLE)
+
+
+def quality_by_image(output_dir) -> Optional[List[Dict]]:
+    """Per image of ``quality.tsv``: participant, source, the mean predicted Dice and the
+    structure predicted worst; lowest mean first (None without the table)."""
+    rows = read_table(Path(output_dir) / QUALITY_TABLE)
+    if not rows:
         return None
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
+    images: Dict[str, List[Dict]] = {}
+    for row in rows:
+        images.setdefault(row["source"], []).append(row)
+    table = []
+    for source, mine in images.items():
+        worst = min(mine, key=lambda r: float(r["predicted_dice"]))
+        table.append({"participant_id": mine[0]["participant_id"], "source": source,
+                      "mean": sum(float(r["predicted_dice"]) for r in mine) / len(mine),
+                      "worst": worst["structure"], "worst_dice": float(worst["predicted_dice"]),
+                      "low": float(worst["predicted_dice"]) < LOW_DICE})
+    return sorted(table, key=lambda r: (r["mean"], r["source"]))
 
 
 def build_group_report(output_dir) -> Dict[str, Path]:
