@@ -16,8 +16,9 @@ Dice deviations on the standardised signal deviations over every structure (pena
 :data:`RIDGE`), then per structure weights shrunk towards them (penalty :data:`SHRINK`:
 ``argmin |y_s - Z_s w|^2 + SHRINK n_s |w - w_pooled|^2``), so that a signal may matter more, or
 the other way, for one structure where its cases say so. Signals that do not vary (disagreement
-with one member) get no weight. The interval is the prediction +- 1.645 residual standard
-deviations (90 %), clipped to [0, 1].
+with one member) get no weight. The interval is the prediction +- 1.645 x the root mean square
+error of the model's own leave-one-subject-out predictions of the cases (90 %, clipped to
+[0, 1]): an honest width even for a small pool, where the in-sample residuals are near 0.
 
 **Calibration.** Per structure, voxels of the leave-one-out probability maps are binned by
 predicted probability (:data:`CALIBRATION_BINS` equal bins on [0, 1]); the observed frequency
@@ -28,7 +29,7 @@ the bins' (mean probability, fitted frequency) points.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
@@ -49,7 +50,8 @@ class QualityModel:
     """The fitted estimate; see the module docstring. ``expected``/``centres``: per structure
     the mean Dice and the mean of each signal over its cases; ``scales``: per signal;
     ``weights``: per structure, per signal; ``pooled``: the weights shared by all structures
-    (per signal); ``residual_sd``: of the fit; ``cases``: how many it was fitted on."""
+    (per signal); ``residual_sd``: the cross-validated error of a prediction; ``cases``: how
+    many it was fitted on."""
 
     expected: Dict[str, float]
     centres: Dict[str, Dict[str, float]]
@@ -60,9 +62,11 @@ class QualityModel:
     cases: int
 
     @classmethod
-    def fit(cls, cases: Sequence, ridge: float = RIDGE, shrink: float = SHRINK
-            ) -> "QualityModel":
-        """Fit on leave-one-out cases (objects with ``structure``, ``dice`` and ``signals``)."""
+    def fit(cls, cases: Sequence, ridge: float = RIDGE, shrink: float = SHRINK,
+            cross_validate: bool = True) -> "QualityModel":
+        """Fit on leave-one-out cases (objects with ``subject``, ``structure``, ``dice`` and
+        ``signals``); ``cross_validate``: measure ``residual_sd`` by refitting without each
+        subject in turn (else the in-sample residuals)."""
         if not cases:
             raise ValueError("the quality estimate needs leave-one-out cases")
         structures = list(dict.fromkeys(c.structure for c in cases))
@@ -92,9 +96,19 @@ class QualityModel:
             residual[rows] = ys - zs @ own
             weights[s] = {**{name: 0.0 for name in names}, **dict(zip(kept, own.tolist()))}
         dof = max(len(cases) - len(structures) * (1 + len(kept)), 1)
-        return cls(expected, centres, scales, weights,
-                   {**{name: 0.0 for name in names}, **dict(zip(kept, pooled.tolist()))},
-                   math.sqrt(float(residual.pow(2).sum()) / dof), len(cases))
+        model = cls(expected, centres, scales, weights,
+                    {**{name: 0.0 for name in names}, **dict(zip(kept, pooled.tolist()))},
+                    math.sqrt(float(residual.pow(2).sum()) / dof), len(cases))
+        subjects = list(dict.fromkeys(c.subject for c in cases))
+        if not cross_validate or len(subjects) < 3:
+            return model
+        errors = []
+        for subject in subjects:
+            others = [c for c in cases if c.subject != subject]
+            refit = cls.fit(others, ridge, shrink, cross_validate=False)
+            errors += [refit.predict(c.structure, c.signals)["predicted_dice"] - c.dice
+                       for c in cases if c.subject == subject and c.structure in refit.expected]
+        return replace(model, residual_sd=math.sqrt(sum(e * e for e in errors) / len(errors)))
 
     def predict(self, structure: str, signals: Mapping[str, float]) -> Dict[str, float]:
         """``{predicted_dice, interval_low, interval_high}`` for one subject's structure

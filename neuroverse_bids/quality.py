@@ -45,13 +45,17 @@ SUGGEST_COLUMNS = {
 }
 
 
+def _sidecar(image: Path) -> Path:
+    return image.with_name(image.name.split(".nii")[0] + ".json")
+
+
 def _masks(output_dir: Path):
     """``(mask path, prefix, structure, sidecar dict)`` of every native mask with signals."""
     for path in sorted(output_dir.glob("sub-*/**/anat/*_mask.nii*")):
         match = MASK_PATTERN.match(path.name)
         if not match or "_space-" in path.name:
             continue
-        sidecar = path.with_name(path.name.split(".nii")[0] + ".json")
+        sidecar = _sidecar(path)
         meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         if match.group("name") in (meta.get("QualitySignals") or {}):
             yield path, match.group("prefix"), match.group("name"), meta
@@ -66,9 +70,9 @@ def _calibrate(output_dir: Path, mask: Path, structure: str, evaluation: SelfEva
     out = derivative_path(output_dir, probseg, desc="calibrated")
     write_nifti_atomic(evaluation.calibration.apply(structure, data).numpy(), img, out,
                        dtype="float32")
-    source = json.loads(probseg.with_name(probseg.name.split(".nii")[0] + ".json").read_text()) \
-        if probseg.with_name(probseg.name.split(".nii")[0] + ".json").is_file() else {}
-    write_text_atomic(out.with_name(out.name.split(".nii")[0] + ".json"), json.dumps(dict(
+    source = _sidecar(probseg)
+    source = json.loads(source.read_text()) if source.is_file() else {}
+    write_text_atomic(_sidecar(out), json.dumps(dict(
         source, Description=f"Probability of {structure}, calibrated: the model's probability "
         "mapped through a monotone (isotonic) function fitted on this dataset's leave-one-out "
         "cases, so that voxels given p are the structure about a fraction p of the time",

@@ -93,6 +93,7 @@ def test_the_quality_model_learns_the_within_structure_trend():
         assert sum(errors) / len(errors) < 0.03
         order = sorted(range(len(mine)), key=lambda i: predicted[i])
         assert mine[order[0]].dice < mine[order[-1]].dice
+    assert 0.005 < model.residual_sd < 0.03   # cross-validated: about the cases' noise (0.01)
     row = model.predict("a", {"similarity": model.centres["a"]["similarity"]})
     assert row["interval_low"] < row["predicted_dice"] < row["interval_high"]
     assert row["predicted_dice"] == pytest.approx(model.expected["a"])  # the mean case
@@ -147,3 +148,10 @@ def test_each_structure_may_weigh_a_signal_its_own_way():
     assert model.weights["up"]["x"] > 0 > model.weights["down"]["x"]
     assert model.predict("up", {"x": 0.1})["predicted_dice"] > model.expected["up"]
     assert model.predict("down", {"x": 0.1})["predicted_dice"] < model.expected["down"]
+
+
+def test_the_readme_table_is_the_signal_registry():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert quality_signals.docs_table() in readme
