@@ -15,7 +15,9 @@ never trained on them), one T1-like contrast per seed. Everything is on the mode
 * **Which subject to label next** (``--rounds`` draws per seed): 4 labelled maps at random;
   each strategy adds ``--add`` maps: ``suggest`` (:func:`model.quality.rank_suggestions`:
   predicted quality from a quality model fitted on the 4 labelled maps' leave-one-out cases,
-  and NCC to the nearest labelled map), ``random``, and ``farthest`` (distance alone). Score:
+  and NCC to the nearest labelled map), ``coverage`` (the same, also given the NCC between the
+  unlabelled maps: a pick counts for every unlabelled map it resembles), ``random``, and
+  ``farthest`` (distance alone). Score:
   mean Dice over the eleven structures of the maps no strategy picked, segmented with each
   strategy's pool.
 
@@ -112,7 +114,10 @@ def suggestion_round(args, predictor, images, labels, ids, names, rng) -> dict:
         dice = statistics.mean(model.predict(n, signals[n])["predicted_dice"] for n in names)
         nearest = max(ncc(images[ids.index(subject)], images[i]) for i in index)
         scored[subject] = (dice, nearest)
+    pairs = {(a, b): ncc(images[ids.index(a)], images[ids.index(b)])
+             for n, a in enumerate(candidates) for b in candidates[n + 1:]}
     picks = {"suggest": [r["subject"] for r in rank_suggestions(scored, args.add)],
+             "coverage": [r["subject"] for r in rank_suggestions(scored, args.add, pairs)],
              "random": rng.sample(candidates, args.add),
              "farthest": sorted(candidates, key=lambda s: (scored[s][1], s))[:args.add]}
     rest = [s for s in candidates if not any(s in p for p in picks.values())]

@@ -68,6 +68,6 @@ def suggestion_section(rounds: List[dict], args: dict) -> List[str]:
             f"{r['mean_dice'][s]:.3f}" for s in strategies) + f" | {len(r['rest'])} |")
     means = {s: statistics.mean(r["mean_dice"][s] for r in rounds) for s in strategies}
     lines += ["| mean | | " + " | ".join(f"**{means[s]:.3f}**" for s in strategies) + " | |",
-              "", f"suggest - random: **{means['suggest'] - means['random']:+.3f}** mean Dice "
-                  "on the maps no strategy picked (target >= +0.02)."]
+              ""] + [f"{s} - random: **{means[s] - means['random']:+.3f}** mean Dice on the maps "
+                     "no strategy picked (target >= +0.02)." for s in strategies if s != "random"]
     return lines

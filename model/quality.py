@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -198,25 +198,51 @@ class ProbabilityCalibration:
 
 
 def expected_gain(predicted_dice: float, nearest_similarity: float) -> float:
-    """What labelling one more subject is expected to buy: ``(1 - its predicted mean Dice) x
-    (1 - its similarity to the nearest labelled subject)``, both in [0, 1] for NCC >= 0: a
-    subject the model segments badly and that no labelled subject resembles gains most."""
+    """What labelling one subject buys for itself: ``(1 - its predicted mean Dice) x
+    (1 - its NCC to the nearest labelled subject)`` (0 for NCC >= 1): a subject the model
+    segments badly and that no labelled subject resembles gains most."""
     return max(1.0 - predicted_dice, 0.0) * max(1.0 - nearest_similarity, 0.0)
 
 
-def rank_suggestions(candidates: Mapping[str, Tuple[float, float]], count: int) -> List[dict]:
-    """The ``count`` unlabelled subjects to label next, best first.
+def rank_suggestions(candidates: Mapping[str, Tuple[float, float]], count: int,
+                     similarity: Optional[Mapping[Tuple[str, str], float]] = None) -> List[dict]:
+    """The ``count`` unlabelled subjects to label next, best first (greedy).
 
-    candidates: ``{subject: (predicted mean Dice, NCC to the nearest labelled subject)}`` ->
-    rows ``{subject, expected_gain, predicted_dice, nearest_similarity, why}``; ties are broken
-    by the subject label."""
-    rows = []
-    for subject, (dice, similarity) in candidates.items():
-        gain = expected_gain(dice, similarity)
-        rows.append({"subject": subject, "expected_gain": round(gain, 4),
-                     "predicted_dice": round(dice, 4),
-                     "nearest_similarity": round(similarity, 4),
+    candidates: ``{subject: (predicted mean Dice, NCC to the nearest labelled subject)}``.
+    similarity: ``{(a, b): NCC}`` between candidates (either order), optional. The gain of
+    labelling i sums, over every unlabelled j it would resemble more than j's nearest labelled
+    subject does, ``(1 - predicted Dice of j) x (NCC(i, j) - NCC to j's nearest labelled)``;
+    with NCC(i, i) = 1 the term of i itself is :func:`expected_gain`, and without
+    ``similarity`` it is the only term. After each pick, the nearest-labelled NCC of every
+    candidate is updated as if the pick were labelled. -> rows ``{subject, expected_gain,
+    predicted_dice, nearest_similarity, why}``; ties are broken by the subject label."""
+    pairs = dict(similarity or {})
+
+    def ncc(a: str, b: str) -> Optional[float]:
+        return 1.0 if a == b else pairs.get((a, b), pairs.get((b, a)))
+
+    nearest = {s: near for s, (_, near) in candidates.items()}
+    rows, left = [], sorted(candidates)
+    while left and len(rows) < max(count, 0):
+        gains = {}
+        for i in left:
+            served = {j: ncc(i, j) - nearest[j] for j in candidates
+                      if ncc(i, j) is not None and ncc(i, j) > nearest[j]}
+            gains[i] = (sum((1.0 - candidates[j][0]) * gain for j, gain in served.items()),
+                        len(served) - (i in served))
+        pick = min(left, key=lambda i: (-gains[i][0], i))
+        dice, near = candidates[pick][0], nearest[pick]
+        others = gains[pick][1]
+        rows.append({"subject": pick, "expected_gain": round(gains[pick][0], 4),
+                     "predicted_dice": round(dice, 4), "nearest_similarity": round(near, 4),
                      "why": f"predicted mean Dice {dice:.2f}; its most similar labelled "
-                            f"subject has NCC {similarity:.2f}"})
-    rows.sort(key=lambda r: (-r["expected_gain"], r["subject"]))
-    return rows[:max(count, 0)]
+                            f"subject has NCC {near:.2f}" + (
+                                f"; it resembles {others} other unlabelled subject"
+                                f"{'s' if others != 1 else ''} more than any labelled one"
+                                if others else "")})
+        left.remove(pick)
+        for j in candidates:
+            value = ncc(pick, j)
+            if value is not None:
+                nearest[j] = max(nearest[j], value)
+    return rows

@@ -31,8 +31,9 @@ def _inputs(prediction, contexts):
 
 
 def test_the_registry_holds_one_signal_per_module():
-    assert set(signal_names()) == {"boundary_spread", "disagreement", "similarity", "soft_dice",
-                                   "volume_deviation"}
+    assert set(signal_names()) == {"boundary_spread", "disagreement", "local_similarity",
+                                   "similarity", "soft_dice", "volume_deviation",
+                                   "vote_agreement"}
     table = quality_signals.docs_table()
     assert all(f"| `{name}` |" in table for name in signal_names())
 
@@ -42,6 +43,7 @@ def test_signals_of_a_confident_mask_that_matches_its_contexts():
     values = signals["cube"]
     assert values["soft_dice"] == 1.0               # a binary map expects its own mask
     assert values["volume_deviation"] == 0.0        # the contexts' median volume
+    assert values["vote_agreement"] == 1.0          # the contexts' majority vote is cube(2)
     assert values["disagreement"] == 0.0 and values["boundary_spread"] == 0.0   # one member
     inputs = _inputs(_cube(2), [_cube(2)] * 3)
     expected = sum(ncc(inputs.target, image) for image in inputs.contexts) / 3
@@ -53,6 +55,23 @@ def test_signals_flag_an_unsure_or_oversized_mask():
     assert unsure["soft_dice"] == pytest.approx(2 * 0.6 * 64 / (0.6 * 64 + 64))
     big = compute_signals(_inputs(_cube(0, 8), [_cube(2)] * 3), ["cube"])["cube"]
     assert big["volume_deviation"] == pytest.approx(math.log(129 / 65), abs=1e-6)
+    assert big["vote_agreement"] == pytest.approx(2 * 64 / (128 + 64))
+    # around the mask only: a context equal to the target there scores 1, however it differs
+    # elsewhere (there its voxels are the target's, shuffled: the same intensity distribution)
+    mask = torch.zeros(16, 16, 16)
+    mask[6:10, 6:10, 6:10] = 1
+    target = torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(1))
+    region = torch.zeros(16, 16, 16, dtype=torch.bool)
+    region[3:13, 3:13, 3:13] = True                  # the mask grown by 3 voxels
+    context = target.clone()
+    outside = target[~region]
+    context[~region] = outside[torch.randperm(len(outside), generator=torch.Generator()
+                                              .manual_seed(2))]
+    result = EnsembleResult(mask[None], torch.zeros(1, 16, 16, 16), mask[None].byte(), 1)
+    local = compute_signals(SignalInputs(result, target, context[None], mask[None, None]),
+                            ["cube"])["cube"]
+    assert local["local_similarity"] == pytest.approx(1.0, abs=1e-6)
+    assert local["similarity"] < 0.99
 
 
 def test_a_new_signal_is_one_registration():
@@ -155,3 +174,20 @@ def test_the_readme_table_is_the_signal_registry():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert quality_signals.docs_table() in readme
+
+
+def test_suggestions_rank_by_gain_and_cover_the_unlabelled():
+    from neuroverse_bids.model.quality import expected_gain, rank_suggestions
+
+    candidates = {"a": (0.5, 0.2), "b": (0.5, 0.3), "c": (0.9, 0.9), "d": (0.5, 0.25)}
+    alone = rank_suggestions(candidates, 4)
+    assert [r["subject"] for r in alone] == ["a", "d", "b", "c"]
+    assert alone[0]["expected_gain"] == pytest.approx(expected_gain(0.5, 0.2))
+    # b resembles a and d (both poorly served): labelling b serves all three, then c is left
+    similar = {("a", "b"): 0.9, ("b", "d"): 0.9, ("a", "d"): 0.8, ("c", "a"): 0.0}
+    covered = rank_suggestions(candidates, 2, similar)
+    assert covered[0]["subject"] == "b" and "2 other unlabelled subjects" in covered[0]["why"]
+    assert covered[0]["expected_gain"] == pytest.approx(0.5 * 0.7 + 0.5 * 0.7 + 0.5 * 0.65)
+    # after b, a and d are near a labelled subject: their gains shrink, so the second pick
+    # is whichever still gains most
+    assert covered[1]["expected_gain"] < covered[0]["expected_gain"]
