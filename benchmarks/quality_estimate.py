@@ -132,7 +132,9 @@ def suggestion_round(args, predictor, images, labels, ids, names, rng) -> dict:
     return {"labelled": labelled, "picks": picks, "rest": rest, "mean_dice": scores}
 
 
-def measure(args) -> dict:
+def measure(args, save=lambda result: None) -> dict:
+    """Every seed's folds and rounds; ``save(result)`` after each (a long run keeps what it
+    measured)."""
     from neuroverse_bids.evaluation.heldout_methods import draw_contrast
 
     data, ids, named, predictor = _setup(args)
@@ -145,14 +147,17 @@ def measure(args) -> dict:
         args.seed_now = seed
         images = images_of(data, ids, draw_contrast("t1", seed), seed)
         started = time.time()
-        part = quality_and_calibration(args, predictor, images, labels, ids, names)
-        result["quality"].append({"seed": seed, **part})
-        print(f"seed {seed}: quality folds in {time.time() - started:.0f} s", flush=True)
+        if not args.skip_quality:
+            part = quality_and_calibration(args, predictor, images, labels, ids, names)
+            result["quality"].append({"seed": seed, **part})
+            save(result)
+            print(f"seed {seed}: quality folds in {time.time() - started:.0f} s", flush=True)
         rng = random.Random(seed)
         for round_ in range(args.rounds):
             started = time.time()
             result["suggestions"].append({"seed": seed, "round": round_, **suggestion_round(
                 args, predictor, images, labels, ids, names, rng)})
+            save(result)
             print(f"seed {seed} round {round_}: {result['suggestions'][-1]['mean_dice']} in "
                   f"{time.time() - started:.0f} s", flush=True)
     return result
@@ -162,13 +167,16 @@ def markdown(result: dict) -> str:
     from quality_report import quality_section, suggestion_section
 
     args = result["args"]
-    return "\n".join([
-        "# Quality estimate, calibration and label suggestions", "",
-        f"Twenty label maps ({result['ids'][0]}..{result['ids'][-1]}) on the model grid, "
-        f"T1-like, seeds {args['seeds']}; L = {args['size']}, selection {args['selection']}, "
-        f"K = {args['members']}; model `{args['model'] or 'bundled'}` ({args['precision']}).",
-        "", *quality_section(result["quality"]), "", *suggestion_section(result["suggestions"],
-                                                                           args)])
+    lines = ["# Quality estimate, calibration and label suggestions", "",
+             f"Twenty label maps ({result['ids'][0]}..{result['ids'][-1]}) on the model grid, "
+             f"T1-like, seeds {args['seeds']}; L = {args['size']}, selection "
+             f"{args['selection']}, K = {args['members']}; model `{args['model'] or 'bundled'}` "
+             f"({args['precision']}).", ""]
+    if result["quality"]:
+        lines += quality_section(result["quality"]) + [""]
+    if result["suggestions"]:
+        lines += suggestion_section(result["suggestions"], args)
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -181,9 +189,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="labelling rounds per seed")
     parser.add_argument("--start", type=int, default=4, help="labelled maps to start from")
     parser.add_argument("--add", type=int, default=4, help="maps each strategy adds")
+    parser.add_argument("--skip-quality", action="store_true",
+                        help="only the label-suggestion rounds")
     args = parser.parse_args(argv)
-    result = measure(args)
-    write_result(args.out, result, markdown(result))
+    out = args.out
+    result = measure(args, save=lambda result: write_result(out, result, markdown(result)))
+    write_result(out, result, markdown(result))
 
 
 if __name__ == "__main__":
