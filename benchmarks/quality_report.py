@@ -15,8 +15,9 @@ def _spearman(x, y):
 def quality_section(parts: List[dict]) -> List[str]:
     rows = [r for p in parts for r in p["rows"]]
     structures = list(dict.fromkeys(r["structure"] for r in rows))
-    signals = [k for k in ("soft_dice", "similarity", "volume_deviation", "disagreement")
-               if k in rows[0]]
+    from neuroverse_bids.model.quality_signals import signal_names
+
+    signals = [k for k in signal_names() if k in rows[0] and len({r[k] for r in rows}) > 1]
     lines = ["## Predicted per-subject Dice (5 folds; fitted on the other 16 maps)", "",
              "| structure | obtained | predicted | MAE predicted | MAE expected only | "
              "Spearman predicted | " + " | ".join(f"Spearman {s}" for s in signals) + " |",

@@ -32,8 +32,8 @@ def _inputs(prediction, contexts):
 
 def test_the_registry_holds_one_signal_per_module():
     assert set(signal_names()) == {"boundary_spread", "disagreement", "local_similarity",
-                                   "similarity", "soft_dice", "volume_deviation",
-                                   "vote_agreement"}
+                                   "relative_volume", "similarity", "soft_dice",
+                                   "volume_deviation", "vote_agreement"}
     table = quality_signals.docs_table()
     assert all(f"| `{name}` |" in table for name in signal_names())
 
@@ -55,6 +55,10 @@ def test_signals_flag_an_unsure_or_oversized_mask():
     assert unsure["soft_dice"] == pytest.approx(2 * 0.6 * 64 / (0.6 * 64 + 64))
     big = compute_signals(_inputs(_cube(0, 8), [_cube(2)] * 3), ["cube"])["cube"]
     assert big["volume_deviation"] == pytest.approx(math.log(129 / 65), abs=1e-6)
+    assert big["relative_volume"] == big["volume_deviation"]
+    small = compute_signals(_inputs(_cube(2, 2), [_cube(2)] * 3), ["cube"])["cube"]
+    assert small["relative_volume"] == pytest.approx(math.log(33 / 65), abs=1e-6)
+    assert small["volume_deviation"] == pytest.approx(-small["relative_volume"])
     assert big["vote_agreement"] == pytest.approx(2 * 64 / (128 + 64))
     # around the mask only: a context equal to the target there scores 1, however it differs
     # elsewhere (there its voxels are the target's, shuffled: the same intensity distribution)
