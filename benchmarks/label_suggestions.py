@@ -5,13 +5,13 @@ Data: the twenty grid label maps of ``neuroverse3d-make-labelmap-data``, one T1-
 per seed, on the model grid. Each round (``--rounds`` per seed) starts from ``--start``
 labelled maps drawn at random; each strategy adds ``--add`` maps:
 
-* ``suggest``: the app's ranking (:func:`model.quality.rank_suggestions`): predicted quality
+* ``suggest``: :func:`model.quality.rank_suggestions`, predicted quality
   from a quality model fitted on the labelled maps' leave-one-out cases, times the distance to
   the nearest labelled map;
 * ``coverage``: the same, also given the NCC between the unlabelled maps (a pick counts for
   every unlabelled map it resembles more than its nearest labelled one does);
-* ``representative``: that coverage term alone, without the pick's own term (greedy facility
-  location on NCC: maps like many unlabelled others, unweighted by quality);
+* ``representative``: the app's ranking (:func:`model.quality.representative_picks`): greedy
+  facility location on NCC, maps like many unlabelled others, unweighted by quality;
 * ``random`` (the baseline) and ``farthest`` (distance alone).
 
 Score: mean Dice over the eleven structures of the maps no strategy picked (the same maps for
@@ -33,25 +33,11 @@ from labelmap_data import common_arguments, images_of, labels_of, write_result
 from quality_estimate import _setup
 
 
-def representative(candidates, count, pairs, nearest):
-    """Greedy facility location: each pick maximises sum_j max(0, NCC(i, j) - best_j) over
-    the other candidates j (best_j: NCC to j's nearest labelled or picked map)."""
-    best, picks = dict(nearest), []
-    for _ in range(count):
-        def gain(i):
-            return sum(max(0.0, pairs.get((i, j), pairs.get((j, i), -1.0)) - best[j])
-                       for j in candidates if j != i and j not in picks)
-        pick = min((c for c in candidates if c not in picks), key=lambda c: (-gain(c), c))
-        picks.append(pick)
-        best = {j: max(best[j], pairs.get((pick, j), pairs.get((j, pick), -1.0)))
-                for j in candidates}
-    return picks
-
-
 def suggestion_round(args, predictor, images, labels, ids, names, rng) -> dict:
     """One simulated labelling round -> mean Dice on the common rest, per strategy."""
     from neuroverse_bids.model.ensemble import predict_from_pool
-    from neuroverse_bids.model.quality import QualityModel, rank_suggestions
+    from neuroverse_bids.model.quality import (QualityModel, rank_suggestions,
+                                               representative_picks)
     from neuroverse_bids.model.quality_signals import SignalInputs, compute_signals
     from neuroverse_bids.model.selection import ncc
     from neuroverse_bids.model.self_evaluation import dice_score, leave_one_out
@@ -81,8 +67,8 @@ def suggestion_round(args, predictor, images, labels, ids, names, rng) -> dict:
              for n, a in enumerate(candidates) for b in candidates[n + 1:]}
     picks = {"suggest": [r["subject"] for r in rank_suggestions(scored, args.add)],
              "coverage": [r["subject"] for r in rank_suggestions(scored, args.add, pairs)],
-             "representative": representative(candidates, args.add, pairs,
-                                               {s: v[1] for s, v in scored.items()}),
+             "representative": [p for p, _, _ in representative_picks(
+                 candidates, args.add, pairs, {s: v[1] for s, v in scored.items()})],
              "random": rng.sample(candidates, args.add),
              "farthest": sorted(candidates, key=lambda s: (scored[s][1], s))[:args.add]}
     rest = [s for s in candidates if not any(s in p for p in picks.values())]

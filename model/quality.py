@@ -246,3 +246,33 @@ def rank_suggestions(candidates: Mapping[str, Tuple[float, float]], count: int,
             if value is not None:
                 nearest[j] = max(nearest[j], value)
     return rows
+
+
+def representative_picks(candidates: Sequence[str], count: int,
+                         similarity: Mapping[Tuple[str, str], float],
+                         nearest: Mapping[str, float]) -> List[Tuple[str, float, int]]:
+    """The ``count`` unlabelled subjects that, labelled, would bring the others closest to a
+    labelled subject: greedy facility location on NCC. Each pick maximises
+    ``sum_j max(0, NCC(i, j) - best_j)`` over the other unpicked candidates j, where ``best_j``
+    starts at j's NCC to its nearest labelled subject (``nearest``) and rises with each pick;
+    ties go to the smaller label. similarity: ``{(a, b): NCC}`` (either order; a missing pair
+    counts as -1). -> ``[(subject, gain, candidates it brings closer)]``, best first.
+
+    Simulated on held-out anatomy (``benchmarks/label_suggestions.py``), adding these beat
+    adding random subjects in every round, where adding the subjects the pool serves worst
+    (low predicted quality, far from the labelled set) did not."""
+    def ncc(a: str, b: str) -> float:
+        return similarity.get((a, b), similarity.get((b, a), -1.0))
+
+    best, picks = dict(nearest), []
+    for _ in range(min(count, len(candidates))):
+        gains = {}
+        for i in candidates:
+            if i not in [p for p, _, _ in picks]:
+                served = [max(0.0, ncc(i, j) - best[j]) for j in candidates
+                          if j != i and j not in [p for p, _, _ in picks]]
+                gains[i] = (sum(served), sum(1 for v in served if v > 0))
+        pick = min(gains, key=lambda c: (-gains[c][0], c))
+        picks.append((pick, gains[pick][0], gains[pick][1]))
+        best = {j: max(best[j], ncc(pick, j)) for j in candidates}
+    return picks

@@ -8,6 +8,8 @@ sidecar (``QualitySignals``, ``ContextSimilarityNCC``) and writes::
     sub-<label>/.../<prefix>_label-<structure>_desc-calibrated_probseg.nii.gz (+ .json)
                        the native probability map through the fitted calibration
     suggest_labels.tsv with --suggest-labels N: the N unlabelled participants to label next
+                       (the ones that would bring the others closest to a labelled subject,
+                       compared on the model-grid images the participant level writes)
     suggest_labels.json
 """
 from __future__ import annotations
@@ -37,8 +39,11 @@ QUALITY_COLUMNS = {
 }
 SUGGEST_COLUMNS = {
     "participant_id": "an unlabelled participant (not in the context pool)",
-    "expected_gain": "(1 - predicted mean Dice) x (1 - NCC to the most similar labelled "
-                     "subject): highest first",
+    "expected_gain": "highest first. Method representative (the default): how much closer, in "
+                     "NCC summed over the other unlabelled participants, labelling it brings "
+                     "them to a labelled subject (after the picks above it). Method "
+                     "quality-distance (without the model-grid images): (1 - predicted mean "
+                     "Dice) x (1 - NCC to the most similar labelled subject)",
     "predicted_dice": "the participant's predicted Dice, mean over structures and images",
     "nearest_similarity": "NCC of its image to the most similar labelled subject (model grid)",
     "why": "the reason, in words",
@@ -83,7 +88,7 @@ def _calibrate(output_dir: Path, mask: Path, structure: str, evaluation: SelfEva
 def run_quality(output_dir, evaluation: SelfEvaluation, suggest: int = 0) -> Dict[str, Path]:
     """Predict each image's Dice per structure, write calibrated probability maps and, with
     ``suggest`` > 0, the participants to label next. Returns the files written."""
-    from .model.quality import QualityModel, rank_suggestions
+    from .model.quality import QualityModel
 
     output_dir = Path(output_dir)
     model = QualityModel.fit(evaluation.cases)
@@ -100,9 +105,11 @@ def run_quality(output_dir, evaluation: SelfEvaluation, suggest: int = 0) -> Dic
                      **{k: round(v, 4) for k, v in estimate.items()},
                      "expected_dice": round(model.expected[structure], 4),
                      **meta["QualitySignals"][structure]})
-        mine = per_participant.setdefault(participant, {"dice": [], "similarity": []})
+        mine = per_participant.setdefault(participant, {"dice": [], "similarity": [],
+                                                        "images": set()})
         mine["dice"].append(estimate["predicted_dice"])
         mine["similarity"] += list((meta.get("ContextSimilarityNCC") or {}).values())
+        mine["images"].update(mask.parent.glob(f"{prefix}_space-*_desc-preproc_*.nii*"))
         _calibrate(output_dir, mask, structure, evaluation)
     if not rows:
         LOGGER.warning("quality estimate skipped: no native mask sidecar holds quality signals "
@@ -118,19 +125,53 @@ def run_quality(output_dir, evaluation: SelfEvaluation, suggest: int = 0) -> Dic
         "Software": f"neuroverse3d {__version__}"}, indent=2) + "\n")
     if suggest > 0:
         pool = {f"sub-{s}" for s in evaluation.pool}
-        candidates = {p: (sum(v["dice"]) / len(v["dice"]), max(v["similarity"], default=0.0))
-                      for p, v in per_participant.items() if p not in pool}
-        ranked = [{"participant_id": r.pop("subject"), **r}
-                  for r in rank_suggestions(candidates, suggest)]
-        header = "\t".join(SUGGEST_COLUMNS) + "\n"
-        written["suggest"] = write_text_atomic(output_dir / SUGGEST_TABLE,
-                                               tsv_text(ranked) if ranked else header)
-        write_text_atomic(output_dir / "suggest_labels.json", json.dumps({
-            **{name: {"Description": text} for name, text in SUGGEST_COLUMNS.items()},
-            "Requested": suggest, "Candidates": len(candidates),
-            "Software": f"neuroverse3d {__version__}"}, indent=2) + "\n")
-        print(f"neuroverse3d: label next: {', '.join(r['participant_id'] for r in ranked) or 'none'}"
-              f" (of {len(candidates)} unlabelled participants)")
+        written.update(_suggest(output_dir, {p: v for p, v in per_participant.items()
+                                             if p not in pool}, suggest))
     print(f"neuroverse3d: predicted Dice of {len(per_participant)} participants written to "
           f"{written['quality']}")
+    return written
+
+
+def _suggest(output_dir: Path, candidates: Dict[str, dict], count: int) -> Dict[str, Path]:
+    """Rank the unlabelled participants (:func:`...model.quality.representative_picks` on their
+    images on the model grid; without those images, :func:`...model.quality.rank_suggestions`
+    on predicted quality and distance) and write ``suggest_labels.tsv``/``.json``."""
+    from .model.quality import rank_suggestions, representative_picks
+    from .model.selection import ncc
+
+    summary = {p: (sum(v["dice"]) / len(v["dice"]), max(v["similarity"], default=0.0))
+               for p, v in candidates.items()}
+    images = {p: sorted(v["images"])[0] for p, v in candidates.items() if v["images"]}
+    if len(images) == len(candidates):
+        volumes = {p: load_volume(path)[1] for p, path in images.items()}
+        names = sorted(volumes)
+        pairs = {(a, b): ncc(volumes[a], volumes[b])
+                 for n, a in enumerate(names) for b in names[n + 1:]}
+        method = "representative"
+        ranked = [{"participant_id": p, "expected_gain": round(gain, 4),
+                   "predicted_dice": round(summary[p][0], 4),
+                   "nearest_similarity": round(summary[p][1], 4),
+                   "why": f"it resembles {served} other unlabelled participant"
+                          f"{'s' if served != 1 else ''} more than their nearest labelled "
+                          f"subject does (NCC gain {gain:.2f}); predicted mean Dice "
+                          f"{summary[p][0]:.2f}"}
+                  for p, gain, served in representative_picks(
+                      names, count, pairs, {p: summary[p][1] for p in names})]
+    else:
+        LOGGER.warning("label suggestions: %d unlabelled participants have no image on the model "
+                       "grid (desc-preproc; run the participant level of this version): ranked "
+                       "by predicted quality and distance instead",
+                       len(candidates) - len(images))
+        method = "quality-distance"
+        ranked = [{"participant_id": r.pop("subject"), **r}
+                  for r in rank_suggestions(summary, count)]
+    written = {"suggest": write_text_atomic(
+        output_dir / SUGGEST_TABLE,
+        tsv_text(ranked) if ranked else "\t".join(SUGGEST_COLUMNS) + "\n")}
+    write_text_atomic(output_dir / "suggest_labels.json", json.dumps({
+        **{name: {"Description": text} for name, text in SUGGEST_COLUMNS.items()},
+        "Method": method, "Requested": count, "Candidates": len(candidates),
+        "Software": f"neuroverse3d {__version__}"}, indent=2) + "\n")
+    print(f"neuroverse3d: label next: {', '.join(r['participant_id'] for r in ranked) or 'none'}"
+          f" (of {len(candidates)} unlabelled participants)")
     return written

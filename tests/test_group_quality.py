@@ -71,11 +71,13 @@ def test_predicted_quality_calibrated_maps_and_suggestions(output):
     assert np.allclose(np.asanyarray(nb.load(str(calibrated)).dataobj), expected, atol=1e-6)
     meta = json.loads(calibrated.with_name(calibrated.name.replace(".nii.gz", ".json")).read_text())
     assert meta["Task"] == "segmentation" and "calibrated" in meta["Description"]
-    # worst predicted and least like the labelled subjects first
+    # without the model-grid images: worst predicted and least like the labelled subjects first
     suggested = _rows(written["suggest"])
     assert [r["participant_id"] for r in suggested] == ["sub-08", "sub-09"]
     assert float(suggested[0]["expected_gain"]) > float(suggested[1]["expected_gain"])
     assert "predicted mean Dice" in suggested[0]["why"]
+    assert json.loads((output / "suggest_labels.json").read_text())["Method"] == \
+        "quality-distance"
     page = (output / "group.html") if build_group_report(output) else None
     text = page.read_text()
     assert text.index('id="quality"') < text.index('id="suggest"') < text.index('id="summary"')
@@ -90,3 +92,24 @@ def test_nothing_to_suggest_when_everyone_is_labelled(output):
     assert _rows(written["suggest"]) == []
     build_group_report(output)
     assert "nobody left to suggest" in (output / "group.html").read_text()
+
+
+def test_suggestions_pick_whom_the_others_resemble(output):
+    """With the model-grid images, the pick brings the other unlabelled participants closest
+    to a labelled subject: sub-07 and sub-09 look alike, sub-08 like nobody."""
+    generator = torch.Generator().manual_seed(0)
+    shared = torch.rand(8, 8, 8, generator=generator)
+    looks = {"sub-07": shared + 0.05 * torch.rand(8, 8, 8, generator=generator),
+             "sub-09": shared + 0.05 * torch.rand(8, 8, 8, generator=generator),
+             "sub-08": torch.rand(8, 8, 8, generator=generator)}
+    for participant, image in looks.items():
+        nb.save(nb.Nifti1Image(image.numpy(), np.eye(4)), str(
+            output / participant / "anat" /
+            f"{participant}_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz"))
+    written = run_quality(output, _evaluation(), suggest=2)
+    suggested = _rows(written["suggest"])
+    # sub-07 brings sub-09 (NCC 0.7 to its nearest labelled subject) up to about 0.99
+    assert [r["participant_id"] for r in suggested] == ["sub-07", "sub-08"]
+    assert float(suggested[0]["expected_gain"]) == pytest.approx(0.99 - 0.7, abs=0.02)
+    assert "resembles 1 other unlabelled participant" in suggested[0]["why"]
+    assert json.loads((output / "suggest_labels.json").read_text())["Method"] == "representative"

@@ -87,6 +87,7 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
         info               model name and sha256, precision, mini-context size, timings
         template_spread / native_spread   ensemble > 1: per-voxel standard deviation across
                            the members, on the model grid and back in the native grid
+        template_target    the image as the network saw it (model grid, normalised)
 
     ``inference``: how the ICL node predicts (device, precision, mini-context size, budget).
     ``ensemble``: the node chooses its context sets out of the context set, a pool
@@ -100,7 +101,7 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "forward_transform", "inverse_transform", "template_outputs", "native_outputs",
         "native_masks", "native_dseg", "template_masks", "template_dseg", "info",
-        "template_spread", "native_spread"]),
+        "template_spread", "native_spread", "template_target"]),
         name="outputnode")
 
     register = pe.Node(RegisterToTemplate(sloppy=sloppy, seed=seed), name="register")
@@ -124,6 +125,7 @@ def init_neuroverse3d_wf(*, output_names: List[str], task: str, model: str,
         (register, to_grid, [("forward_transform", "transform")]),
         (to_grid, normalise, [("out_file", "in_file")]),
         (normalise, icl, [("out_file", "target")]),
+        (normalise, outputnode, [("out_file", "template_target")]),
         (inputnode, icl, [("context_set", "context_set")]),
         (icl, to_native, [("out_files", "in_file")]),
         (inputnode, to_native, [("in_file", "reference")]),

@@ -65,7 +65,7 @@ def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template:
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "source_file", "forward_transform", "inverse_transform", "template_outputs",
         "native_outputs", "native_masks", "native_dseg", "template_masks", "template_dseg",
-        "info", "template_spread", "native_spread"]), name="inputnode")
+        "info", "template_spread", "native_spread", "template_target"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["derivatives", "report_facts"]),
                          name="outputnode")
     meta = pe.Node(niu.Function(function=_merge_meta, input_names=["info", "static"],
@@ -118,6 +118,13 @@ def init_ds_wf(*, output_dir: str, output_names: List[str], task: str, template:
                      select=index, meta_node=spread_meta)
         if task == "segmentation" and len(output_names) > 1:
             sink(f"{space}_dseg", dict(extra, suffix="dseg"), f"ds_{space}_dseg")
+    if task == "segmentation":  # what the group level compares subjects by (label suggestions)
+        target_meta = pe.Node(niu.IdentityInterface(fields=["meta"]), name="target_meta")
+        target_meta.inputs.meta = dict(static_meta, Description=(
+            "The image as the network saw it: registered to the template, resampled to the "
+            "model grid and intensity-normalised to [0, 1]"))
+        sink("template_target", {"space": template, "desc": "preproc", "suffix": source_suffix},
+             "ds_template_target", meta_node=target_meta)
 
     # always rerun, as the sinks: content hashing ignores paths, so a cached list would name the
     # files of the output folder of the run that made it
@@ -229,7 +236,8 @@ def init_main_wf(config: MainWorkflowConfig, *, name: str = "neuroverse3d_wf"):
             fields = ["forward_transform", "inverse_transform", "template_outputs",
                       "native_outputs", "info"]
             if outputs.task == "segmentation":
-                fields += ["native_masks", "native_dseg", "template_masks", "template_dseg"]
+                fields += ["native_masks", "native_dseg", "template_masks", "template_dseg",
+                           "template_target"]
             if members > 1:
                 fields += ["template_spread", "native_spread"]
             workflow.connect([
