@@ -29,8 +29,8 @@ import random
 import statistics
 import time
 
-from labelmap_data import common_arguments, images_of, labels_of, write_result
-from quality_estimate import _setup
+from labelmap_data import common_arguments, run_measured, segmentation_arguments
+from quality_estimate import seeded_images, setup
 
 
 def suggestion_round(args, predictor, images, labels, ids, names, rng) -> dict:
@@ -85,17 +85,9 @@ def suggestion_round(args, predictor, images, labels, ids, names, rng) -> dict:
 
 def measure(args, save=lambda result: None) -> dict:
     """Every seed's rounds; ``save(result)`` after each."""
-    from neuroverse_bids.evaluation.heldout_methods import draw_contrast
-
-    data, ids, named, predictor = _setup(args)
-    names, codes = list(named), list(named.values())
-    labels = labels_of(data, ids, codes)
-    result = {"suggestions": [], "ids": ids, "args": {
-        k: (str(v) if k in ("labelmaps", "native", "model", "out") else v)
-        for k, v in vars(args).items()}}
-    for seed in args.seeds:
-        args.seed_now = seed
-        images = images_of(data, ids, draw_contrast("t1", seed), seed)
+    data, ids, names, labels, predictor, record = setup(args)
+    result = {"suggestions": [], "ids": ids, "args": record}
+    for seed, images in seeded_images(args, data, ids):
         rng = random.Random(seed)
         for round_ in range(args.rounds):
             started = time.time()
@@ -122,16 +114,11 @@ def markdown(result: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_arguments(parser, "benchmarks/results/label_suggestions")
-    parser.add_argument("--size", type=int, default=8, help="context size L")
-    parser.add_argument("--selection", default="random")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    segmentation_arguments(parser)
     parser.add_argument("--rounds", type=int, default=1, help="labelling rounds per seed")
     parser.add_argument("--start", type=int, default=4, help="labelled maps to start from")
     parser.add_argument("--add", type=int, default=4, help="maps each strategy adds")
-    args = parser.parse_args(argv)
-    out = args.out
-    result = measure(args, save=lambda result: write_result(out, result, markdown(result)))
-    write_result(out, result, markdown(result))
+    run_measured(parser.parse_args(argv), measure, markdown)
 
 
 if __name__ == "__main__":

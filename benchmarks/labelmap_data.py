@@ -47,3 +47,18 @@ def labels_of(data, ids, codes) -> torch.Tensor:
     return torch.stack([torch.stack([torch.from_numpy(np.isin(data.grid_labels(i), values)
                                                       .astype(np.float32))
                                      for i in ids]) for values in codes])   # [K, N, ...]
+
+
+def run_measured(args, measure, markdown):
+    """``measure(args, save=...)``, writing ``<args.out>.json/.md`` after each step it saves
+    (a long run keeps what it measured) and at the end."""
+    result = measure(args, save=lambda partial: write_result(args.out, partial, markdown(partial)))
+    write_result(args.out, result, markdown(result))
+
+
+def segmentation_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Context size, selection and seeds of the label-map segmentation benchmarks."""
+    parser.add_argument("--size", type=int, default=8, help="context size L")
+    parser.add_argument("--selection", default="random")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    return parser

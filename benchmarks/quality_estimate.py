@@ -26,10 +26,13 @@ import argparse
 import statistics
 import time
 
-from labelmap_data import common_arguments, images_of, labels_of, write_result
+from labelmap_data import (common_arguments, images_of, labels_of, run_measured,
+                           segmentation_arguments)
 
 
-def _setup(args):
+def setup(args):
+    """-> (label-map set, map ids, structure names, labels ``[K,20,...]``, predictor, the
+    result's ``args`` record)."""
     from neuroverse_bids.evaluation.heldout_data import LabelmapSet
     from neuroverse_bids.evaluation.heldout_methods import structures
     from neuroverse_bids.model import load_checkpoint
@@ -40,7 +43,20 @@ def _setup(args):
     ids = data.resolve([f"map-{n:02d}" for n in range(1, 21)], "maps")
     predictor = Predictor(load_checkpoint(resolve_model_path(args.model)), device="cpu",
                           precision=args.precision)
-    return data, ids, structures(), predictor
+    named = structures()
+    record = {k: (str(v) if k in ("labelmaps", "native", "model", "out") else v)
+              for k, v in vars(args).items()}
+    return data, ids, list(named), labels_of(data, ids, list(named.values())), predictor, record
+
+
+def seeded_images(args, data, ids):
+    """Per seed of ``args.seeds`` (also set as ``args.seed_now``): the seed and the twenty
+    images in that seed's T1-like contrast."""
+    from neuroverse_bids.evaluation.heldout_methods import draw_contrast
+
+    for seed in args.seeds:
+        args.seed_now = seed
+        yield seed, images_of(data, ids, draw_contrast("t1", seed), seed)
 
 
 def quality_and_calibration(args, predictor, images, labels, ids, names) -> dict:
@@ -80,17 +96,9 @@ def quality_and_calibration(args, predictor, images, labels, ids, names) -> dict
 
 def measure(args, save=lambda result: None) -> dict:
     """Every seed's folds; ``save(result)`` after each (a long run keeps what it measured)."""
-    from neuroverse_bids.evaluation.heldout_methods import draw_contrast
-
-    data, ids, named, predictor = _setup(args)
-    names, codes = list(named), list(named.values())
-    labels = labels_of(data, ids, codes)
-    result = {"quality": [], "ids": ids, "args": {
-        k: (str(v) if k in ("labelmaps", "native", "model", "out") else v)
-        for k, v in vars(args).items()}}
-    for seed in args.seeds:
-        args.seed_now = seed
-        images = images_of(data, ids, draw_contrast("t1", seed), seed)
+    data, ids, names, labels, predictor, record = setup(args)
+    result = {"quality": [], "ids": ids, "args": record}
+    for seed, images in seeded_images(args, data, ids):
         started = time.time()
         part = quality_and_calibration(args, predictor, images, labels, ids, names)
         result["quality"].append({"seed": seed, **part})
@@ -114,14 +122,9 @@ def markdown(result: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_arguments(parser, "benchmarks/results/quality_estimate")
-    parser.add_argument("--size", type=int, default=8, help="context size L")
-    parser.add_argument("--selection", default="random")
+    segmentation_arguments(parser)
     parser.add_argument("--members", type=int, default=1, help="ensemble K")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = parser.parse_args(argv)
-    out = args.out
-    result = measure(args, save=lambda result: write_result(out, result, markdown(result)))
-    write_result(out, result, markdown(result))
+    run_measured(parser.parse_args(argv), measure, markdown)
 
 
 if __name__ == "__main__":

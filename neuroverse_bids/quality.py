@@ -151,10 +151,12 @@ def _suggest(output_dir: Path, candidates: Dict[str, dict], count: int) -> Dict[
         ranked = [{"participant_id": p, "expected_gain": round(gain, 4),
                    "predicted_dice": round(summary[p][0], 4),
                    "nearest_similarity": round(summary[p][1], 4),
-                   "why": f"it resembles {served} other unlabelled participant"
-                          f"{'s' if served != 1 else ''} more than their nearest labelled "
-                          f"subject does (NCC gain {gain:.2f}); predicted mean Dice "
-                          f"{summary[p][0]:.2f}"}
+                   "why": (f"it resembles {served} other unlabelled participant"
+                           f"{'s' if served != 1 else ''} more than their nearest labelled "
+                           f"subject does (NCC gain {gain:.2f})" if served else
+                           "no other unlabelled participant is served better by it than by "
+                           "the labelled subjects and the picks above") +
+                          f"; predicted mean Dice {summary[p][0]:.2f}"}
                   for p, gain, served in representative_picks(
                       names, count, pairs, {p: summary[p][1] for p in names})]
     else:
