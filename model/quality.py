@@ -266,12 +266,11 @@ def representative_picks(candidates: Sequence[str], count: int,
 
     best, picks = dict(nearest), []
     for _ in range(min(count, len(candidates))):
+        left = [c for c in candidates if c not in {p for p, _, _ in picks}]
         gains = {}
-        for i in candidates:
-            if i not in [p for p, _, _ in picks]:
-                served = [max(0.0, ncc(i, j) - best[j]) for j in candidates
-                          if j != i and j not in [p for p, _, _ in picks]]
-                gains[i] = (sum(served), sum(1 for v in served if v > 0))
+        for i in left:
+            served = [max(0.0, ncc(i, j) - best[j]) for j in left if j != i]
+            gains[i] = (sum(served), sum(1 for v in served if v > 0))
         pick = min(gains, key=lambda c: (-gains[c][0], c))
         picks.append((pick, gains[pick][0], gains[pick][1]))
         best = {j: max(best[j], ncc(pick, j)) for j in candidates}

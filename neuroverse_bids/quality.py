@@ -23,7 +23,7 @@ from . import __version__
 from .self_evaluation import SelfEvaluation, tsv_text
 from .workflows.derivative_names import derivative_path
 from .workflows.niftiio import load_volume, write_nifti_atomic, write_text_atomic
-from .workflows.reports.group import MASK_PATTERN, QUALITY_TABLE, SUGGEST_TABLE
+from .workflows.reports.group import QUALITY_TABLE, SUGGEST_TABLE, native_masks, sidecar_of
 
 LOGGER = logging.getLogger("neuroverse3d")
 QUALITY_COLUMNS = {
@@ -50,20 +50,14 @@ SUGGEST_COLUMNS = {
 }
 
 
-def _sidecar(image: Path) -> Path:
-    return image.with_name(image.name.split(".nii")[0] + ".json")
-
-
 def _masks(output_dir: Path):
-    """``(mask path, prefix, structure, sidecar dict)`` of every native mask with signals."""
-    for path in sorted(output_dir.glob("sub-*/**/anat/*_mask.nii*")):
-        match = MASK_PATTERN.match(path.name)
-        if not match or "_space-" in path.name:
-            continue
-        sidecar = _sidecar(path)
+    """``(mask path, prefix, structure, identity, sidecar dict)`` of every native mask with
+    quality signals (:func:`.workflows.reports.group.native_masks`)."""
+    for path, prefix, name, identity in native_masks(output_dir):
+        sidecar = sidecar_of(path)
         meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        if match.group("name") in (meta.get("QualitySignals") or {}):
-            yield path, match.group("prefix"), match.group("name"), meta
+        if name in (meta.get("QualitySignals") or {}):
+            yield path, prefix, name, identity, meta
 
 
 def _calibrate(output_dir: Path, mask: Path, structure: str, evaluation: SelfEvaluation):
@@ -75,9 +69,9 @@ def _calibrate(output_dir: Path, mask: Path, structure: str, evaluation: SelfEva
     out = derivative_path(output_dir, probseg, desc="calibrated")
     write_nifti_atomic(evaluation.calibration.apply(structure, data).numpy(), img, out,
                        dtype="float32")
-    source = _sidecar(probseg)
+    source = sidecar_of(probseg)
     source = json.loads(source.read_text()) if source.is_file() else {}
-    write_text_atomic(_sidecar(out), json.dumps(dict(
+    write_text_atomic(sidecar_of(out), json.dumps(dict(
         source, Description=f"Probability of {structure}, calibrated: the model's probability "
         "mapped through a monotone (isotonic) function fitted on this dataset's leave-one-out "
         "cases, so that voxels given p are the structure about a fraction p of the time",
@@ -93,15 +87,12 @@ def run_quality(output_dir, evaluation: SelfEvaluation, suggest: int = 0) -> Dic
     output_dir = Path(output_dir)
     model = QualityModel.fit(evaluation.cases)
     rows, per_participant, written = [], {}, {}
-    for mask, prefix, structure, meta in _masks(output_dir):
+    for mask, prefix, structure, identity, meta in _masks(output_dir):
         if structure not in model.expected:
             continue
-        entities = dict(part.split("-", 1) for part in prefix.split("_") if "-" in part)
-        participant = f"sub-{entities['sub']}"
+        participant = identity["participant_id"]
         estimate = model.predict(structure, meta["QualitySignals"][structure])
-        rows.append({"participant_id": participant,
-                     "session_id": f"ses-{entities['ses']}" if "ses" in entities else "n/a",
-                     "source": prefix, "structure": structure,
+        rows.append({**identity, "structure": structure,
                      **{k: round(v, 4) for k, v in estimate.items()},
                      "expected_dice": round(model.expected[structure], 4),
                      **meta["QualitySignals"][structure]})

@@ -59,19 +59,30 @@ def _number(value) -> float:
         return float("nan")
 
 
-def collect_volumes(output_dir):
-    """Rows ``{participant_id, session_id, source, <structure>: mm^3}`` from native masks."""
-    rows, structures = {}, []
+def native_masks(output_dir):
+    """``(path, prefix, structure, {participant_id, session_id, source})`` of every native-space
+    mask under ``output_dir`` (template-space masks are skipped), sorted by path."""
     for path in sorted(Path(output_dir).glob("sub-*/**/anat/*_mask.nii*")):
         match = MASK_PATTERN.match(path.name)
         if not match or "_space-" in path.name:
             continue
-        prefix, name = match.group("prefix"), match.group("name")
-        entities = parse_bids_name(path)
-        row = rows.setdefault(prefix, {
+        prefix, entities = match.group("prefix"), parse_bids_name(path)
+        yield path, prefix, match.group("name"), {
             "participant_id": f"sub-{entities['sub']}",
             "session_id": f"ses-{entities['ses']}" if "ses" in entities else "n/a",
-            "source": prefix})
+            "source": prefix}
+
+
+def sidecar_of(image: Path) -> Path:
+    """The JSON sidecar of a NIfTI file (``x.nii.gz`` -> ``x.json``)."""
+    return image.with_name(image.name.split(".nii")[0] + ".json")
+
+
+def collect_volumes(output_dir):
+    """Rows ``{participant_id, session_id, source, <structure>: mm^3}`` from native masks."""
+    rows, structures = {}, []
+    for path, prefix, name, identity in native_masks(output_dir):
+        row = rows.setdefault(prefix, dict(identity))
         row[name] = round(mask_volume_mm3(path), 3)
         if name not in structures:
             structures.append(name)
@@ -91,9 +102,8 @@ def qc_column(structure: str) -> str:
 
 def _uncertainty(mask_path: Path, name: str):
     """The structure's ``Disagreement`` from the mask's sidecar (None without an ensemble)."""
-    sidecar = mask_path.with_name(mask_path.name.split(".nii")[0] + ".json")
     try:
-        return float(json.loads(sidecar.read_text())["Uncertainty"][name]["Disagreement"])
+        return float(json.loads(sidecar_of(mask_path).read_text())["Uncertainty"][name]["Disagreement"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
