@@ -128,16 +128,19 @@ def test_missing_mricron_is_exit_66(tmp_path, monkeypatch):
 
 
 def test_real_sources_on_a_coarse_grid(tmp_path):
-    """MNI152 (nilearn) and Colin27/AAL (mricron-data) end to end, 16^3 at 12 mm."""
+    """MNI152 (nilearn) and Colin27/AAL (mricron-data) end to end, 16x20x16 at 12 mm."""
     try:
         mricron_dir()
     except MissingInputError:
         pytest.skip("Debian's mricron-data is not installed")
-    assert make_data_main([str(tmp_path), "--subjects", "1", "--grid", "16", "--voxel-size", "12",
-                           "--kinds", "synth"]) == 0
+    assert make_data_main([str(tmp_path / "bad"), "--grid", "16", "20"]) == 64  # 1 or 3 sizes
+    assert not (tmp_path / "bad").exists()
+    assert make_data_main([str(tmp_path), "--subjects", "1", "--grid", "16", "20", "16",
+                           "--voxel-size", "12", "--kinds", "synth"]) == 0
     manifest = load_manifest(tmp_path / "manifest.json")
     assert [d.name for d in manifest.datasets] == ["mni152-synth", "colin27-synth"]
     colin = np.asanyarray(nb.load(str(tmp_path / "atlas" / "atlas-Colin27_dseg.nii.gz")).dataobj)
+    assert colin.shape == (16, 20, 16)
     assert {1, 2, 3, 4, 5} <= set(np.unique(colin).tolist())
     mni = np.asanyarray(nb.load(str(tmp_path / "atlas" / "atlas-MNI152NLin2009aSym_dseg.nii.gz"))
                         .dataobj)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from neuroverse_bids.anatomy.dataset import make_training_data
+from neuroverse_bids.model import load_checkpoint
 from neuroverse_bids.model.pretrained import default_model_path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "precision_agreement.py"
@@ -27,7 +28,9 @@ def _script():
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory, needs_bf16):
     # seed 2000: subjects never used in training (seed 0) nor in the model's evaluation (1000)
+    grid = load_checkpoint(default_model_path()).metadata["grid"]  # the model's own grid
     manifest = make_training_data(tmp_path_factory.mktemp("heldout"), subjects=5, seed=2000,
+                                  grid=tuple(grid["shape"]), voxel_size=grid["voxel_size_mm"],
                                   kinds=("t1",))
     return _script().measure(default_model_path(), manifest, contexts=4, targets=1,
                              tasks=("segmentation", "gaussian-noise", "inpainting"))

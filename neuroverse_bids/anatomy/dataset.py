@@ -101,10 +101,11 @@ def write_dataset(out, atlases: Dict[str, Atlas], subjects: int, seed: int,
     return save_manifest(Manifest(entries, out), out / "manifest.json")
 
 
-def make_training_data(out, subjects: int, seed: int = 0, grid: int = 64, voxel_size: float = 3.0,
+def make_training_data(out, subjects: int, seed: int = 0, grid=64, voxel_size: float = 3.0,
                        sources: Sequence[str] = tuple(SOURCES), kinds: Sequence[str] = KINDS,
                        exclude: Sequence[str] = ()) -> Path:
-    """Locate the sources, put them on a ``grid``^3 grid of ``voxel_size`` mm, write the set."""
+    """Locate the sources, put them on a ``grid`` (side or D, H, W) grid of ``voxel_size`` mm,
+    write the set."""
     out = Path(out)
     reference = grid_reference(grid, voxel_size, out / "sourcedata")
     atlases = load_atlases(reference, out / "sourcedata", sources)
