@@ -115,6 +115,33 @@ def test_end_to_end_outputs(varied, capsys):
     assert f"`neuroverse3d-eval-heldout {out} --labelmaps" in md
 
 
+def test_merge_of_runs_is_one_table(varied, tmp_path, capsys):
+    """Two runs of the same targets (a second with its majority only, as if on another grid)
+    merge into one table; a shared method name takes each run's grid as a suffix."""
+    root, labelmaps, native, model = varied
+    common = ["--labelmaps", str(labelmaps), "--native", str(native), "--context-sizes", "3",
+              "--contrasts", "t1", "--targets", "5"]
+    assert main([str(tmp_path / "a"), *common, "--model", f"tiny={model}", "--methods", "model",
+                 "majority"]) == 0
+    assert main([str(tmp_path / "b"), *common, "--methods", "majority"]) == 0
+    second = json.loads((tmp_path / "b" / "heldout.json").read_text())
+    second["grid"]["voxel_size_mm"] = 3.0  # what a run on another grid records
+    (tmp_path / "b" / "heldout.json").write_text(json.dumps(second))
+    out = tmp_path / "merged"
+    assert main([str(out), "--merge", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    rows = _read_tsv(out / "heldout.tsv")
+    assert {r["method"] for r in rows} == {"tiny", f"majority@{MM:g}mm", "majority@3mm"}
+    info = json.loads((out / "heldout.json").read_text())
+    assert len(info["runs"]) == 2 and set(info["summary"]) == {r["method"] for r in rows}
+    md = (out / "heldout.md").read_text()
+    assert md.count("Command: `neuroverse3d-eval-heldout") == 2 and "at 3.0 mm" in md
+    # runs of other targets are not comparable: a usage error naming the folder
+    assert main([str(tmp_path / "c"), *common[:-1], "6", "--methods", "majority"]) == 0
+    assert main([str(tmp_path / "bad"), "--merge", str(tmp_path / "a"), str(tmp_path / "c")]) == 64
+    assert f"{tmp_path / 'c'}: its targets differ" in capsys.readouterr().err
+    assert main([str(tmp_path / "bad"), "--merge", str(tmp_path / "none")]) == 66
+
+
 def test_majority_of_identical_contexts_is_exact(tmp_path):
     labels = toy_brain(0.95, 0.5)
     labelmaps, native = build(tmp_path, [labels] * 4, [4])

@@ -23,6 +23,10 @@ Dice per structure (11 FreeSurfer structures) in the target's native 1 mm space.
 target: model = target to grid + prediction + back to native; jlf = coarse images + the L
 registrations + fusion + back to 1 mm; image synthesis is not counted.
 
+``--merge RUN [RUN ...]`` writes one table from earlier runs of the same targets, contexts and
+seed (e.g. each model on its own grid, and JLF run once): a method found in several runs takes
+its grid as a suffix (majority@3mm, majority@2mm).
+
 Outputs in OUT: heldout.tsv (target, contrast, L, method, structure, dice, seconds, contexts),
 heldout.json (means per method/contrast/L/structure and of the 11, config, sha256 of the
 inputs, timings) and heldout.md (tables).
@@ -48,7 +52,7 @@ from ..model.options import Precision
 from ..workflows.errors import BadInputError, OutputError, UsageError
 from . import heldout_methods as hm
 from .heldout_data import LabelmapSet
-from .heldout_report import COLUMNS, finite_mean, summarise, write_outputs
+from .heldout_report import COLUMNS, finite_mean, merge_runs, summarise, write_outputs
 
 PROGRAM = "neuroverse3d-eval-heldout"
 METHODS = ("model", "majority", "jlf", "grid-truth")
@@ -229,10 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"neuroverse3d {__version__}")
     parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--labelmaps", type=Path, required=True,
-                        help="output folder of neuroverse3d-make-labelmap-data")
-    parser.add_argument("--native", type=Path, required=True,
-                        help="folder of the native label maps it was built from")
+    parser.add_argument("--labelmaps", type=Path,
+                        help="output folder of neuroverse3d-make-labelmap-data (required)")
+    parser.add_argument("--native", type=Path,
+                        help="folder of the native label maps it was built from (required)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="RUN",
+                        help="instead of evaluating: one table from these earlier output "
+                             "folders (same targets, contexts and seed)")
     parser.add_argument("--model", nargs="+", metavar="[NAME=]CKPT",
                         help="models to compare (default: the bundled model, named default)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
@@ -266,7 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _make_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{out}: cannot create the output folder ({error})") from None
+
+
+def merge(args) -> int:
+    rows, info = merge_runs(args.merge)
+    _make_folder(args.out)
+    paths = write_outputs(args.out, rows, summarise(rows), info)
+    print(f"{PROGRAM}: merged {len(args.merge)} runs ({len(rows)} results); wrote "
+          f"{', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
 def run(args) -> int:
+    if args.merge:
+        return merge(args)
+    if args.labelmaps is None or args.native is None:
+        raise UsageError("--labelmaps and --native are required (or --merge RUN ...)")
     data = LabelmapSet(args.labelmaps, args.native)
     targets = data.resolve(args.targets or data.heldout(), "target")
     pool = data.resolve(args.contexts or data.ids("train") + data.ids("validation"), "context")
@@ -282,10 +309,7 @@ def run(args) -> int:
         data.transforms(key)
     models = parse_models(args.model, "model" in args.methods)
     predictors = load_predictors(models, data, args)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"{args.out}: cannot create the output folder ({error})") from None
+    _make_folder(args.out)
     jlf = hm.JLFConfig(voxel_mm=args.jlf_voxel_mm, transform=args.jlf_transform,
                        reg_iterations=tuple(args.jlf_iterations), rad=args.jlf_patch_radius,
                        r_search=args.jlf_search_radius)

@@ -55,6 +55,7 @@ def markdown(summary: dict, info: dict) -> str:
     contrast and L."""
     config = info["config"]
     methods = [m for m in summary]
+    runs = info.get("runs") or [info]
     sizes = sorted({int(L) for m in summary.values() for c in m.values() for L in c})
     contrasts = [c for c in config["contrasts"] if any(c in summary[m] for m in methods)]
     size = 8 if 8 in sizes else max(sizes)
@@ -63,8 +64,8 @@ def markdown(summary: dict, info: dict) -> str:
     lines = ["# Held-out evaluation: Dice in the targets' native 1 mm space", "",
              f"Targets {', '.join(config['targets'])}; contexts drawn from "
              f"{len(config['contexts'])} maps ({', '.join(config['contexts'])}); seed "
-             f"{config['seed']}; grid {info['grid']['shape']} at "
-             f"{info['grid']['voxel_size_mm']} mm.", "",
+             f"{config['seed']}; grid " + "; ".join(
+                 f"{r['grid']['shape']} at {r['grid']['voxel_size_mm']} mm" for r in runs) + ".", "",
              f"## L = {size}, {CONTRAST_TITLES.get(contrast, contrast)} contrast", "",
              "| structure | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for name in STRUCTURE_NAMES:
@@ -82,19 +83,20 @@ def markdown(summary: dict, info: dict) -> str:
         for L in sizes:
             lines.append(f"| {CONTRAST_TITLES.get(c, c)} | {L} | " + " | ".join(
                 _cell((cell(m, c, L) or {}).get("mean")) for m in methods) + " |")
-    jlf = config["jlf"]
+    jlf = next((r["config"]["jlf"] for r in runs if "jlf" in r["config"]["methods"]),
+               config["jlf"])
     jlf_note = ("jlf: SyN of each native context to "
                 f"the native target and joint label fusion at {jlf['voxel_mm']} mm (block "
                 "means/majority, cropped to the head + "
                 f"{jlf['margin_mm']} mm), nearest back to 1 mm; {jlf['transform']} from the "
                 f"maps' template affines, SyN iterations {jlf['reg_iterations']}, search radius "
-                f"{jlf['r_search']}, patch radius {jlf['rad']}. " if "jlf" in methods else "")
+                f"{jlf['r_search']}, patch radius {jlf['rad']}. " if any(m.startswith("jlf") for m in methods) else "")
     lines += ["", "Notes: model and majority run on the model grid and are mapped back with the "
               "inverse transform (linear, > 0.5); grid-truth is the target's own grid label map "
               "mapped back the same way (the grid's ceiling). " + jlf_note + "Seconds per target "
               f"exclude image synthesis; torch threads {info['threads']['torch']}, ITK threads "
-              f"{info['threads']['itk']}.",
-              "", f"Command: `{info['command']}`", ""]
+              f"{info['threads']['itk']}.", ""]
+    lines += [f"Command: `{r['command']}`" for r in runs] + [""]
     return "\n".join(lines)
 
 
@@ -112,3 +114,53 @@ def write_outputs(out: Path, rows: List[dict], summary: dict, info: dict) -> Dic
     write_text_atomic(paths["json"], json.dumps({**info, "summary": summary}, indent=1) + "\n")
     write_text_atomic(paths["md"], markdown(summary, info))
     return paths
+
+
+def read_run(folder: Path):
+    """``(rows, info)`` of an earlier run's ``heldout.tsv`` and ``heldout.json``."""
+    from ..workflows.errors import MissingInputError
+
+    paths = [Path(folder) / "heldout.tsv", Path(folder) / "heldout.json"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise MissingInputError(f"{', '.join(missing)}: not found; --merge takes output folders "
+                                "of neuroverse3d-eval-heldout")
+    with open(paths[0], newline="") as handle:
+        rows = [{**row, "L": int(row["L"]), "seconds": float(row["seconds"]),
+                 "dice": float("nan") if row["dice"] == "n/a" else float(row["dice"])}
+                for row in csv.DictReader(handle, delimiter="\t")]
+    info = json.loads(paths[1].read_text())
+    info.pop("summary", None)
+    return rows, info
+
+
+def merge_runs(folders) -> tuple:
+    """Runs on the same targets, contexts and seed as one table: ``(rows, info)``.
+
+    A method name found in several runs (``majority`` and ``grid-truth`` of a 3 mm and a 2 mm
+    grid) takes its grid as a suffix (``majority@3mm``). Raises UsageError when the runs drew
+    different targets, contexts or seeds (their figures would not be comparable)."""
+    from ..workflows.errors import UsageError
+
+    runs = [read_run(f) for f in folders]
+    first = runs[0][1]["config"]
+    for folder, (_, info) in zip(folders, runs):
+        for key in ("targets", "contexts", "seed"):
+            if info["config"][key] != first[key]:
+                raise UsageError(f"{folder}: its {key} differ from {folders[0]}'s; merge runs "
+                                 "of the same targets, contexts and seed")
+    owners: Dict[str, set] = {}
+    for index, (rows, _) in enumerate(runs):
+        for row in rows:
+            owners.setdefault(row["method"], set()).add(index)
+    merged = []
+    for index, (rows, info) in enumerate(runs):
+        mm = f"{float(info['grid']['voxel_size_mm']):g}mm"
+        merged += [{**row, "method": row["method"] + (f"@{mm}" if len(owners[row["method"]]) > 1
+                                                      else "")} for row in rows]
+    infos = [info for _, info in runs]
+    config = {**first, "contrasts": list(dict.fromkeys(c for i in infos
+                                                       for c in i["config"]["contrasts"])),
+              "methods": list(dict.fromkeys(m for i in infos for m in i["config"]["methods"]))}
+    return merged, {**infos[0], "config": config, "runs": infos,
+                    "command": "; ".join(i["command"] for i in infos)}
