@@ -9,7 +9,7 @@ The two runs may use different grids (each model on its own): then the Dice figu
 on its own grid and the table says so. Writes ``<out>/regression_<tag>.json`` and ``.md``;
 exit status 0 either way (a missed target is a result).
 
-    python benchmarks/regression_check.py evaluation/default_model/eval.json \\
+    python benchmarks/regression_check.py evaluation/default_model_v2/eval.json \\
         evaluation/v3/regression/eval.json --context-size 8 --tag v3_vs_v2
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """bfloat16 vs float32 on a trained model (the bundled default), on held-out anatomy.
 
-Masks: Dice >= 0.99; generated images: PSNR >= 45 dB (bfloat16 output vs float32 output).
-Brain masks and generated images meet it; masks of structures with uncertain voxels (tissue
-boundaries, small structures) meet it on this sample but not always (see the test's docstring).
+Brain masks: Dice >= 0.99; generated images: PSNR >= 45 dB (bfloat16 output vs float32
+output); masks of thin or small structures lose a few boundary voxels (Dice >= 0.97), and the
+model file's record then keeps ``--precision auto`` in float32 (see the test's docstring).
 Runs ``benchmarks/precision_agreement.py``'s measurement on a small sample; the script itself
 reports more subjects and tasks.
 """
@@ -41,16 +41,23 @@ def test_bfloat16_brain_masks_match_float32_masks(rows):
     assert len(brain) == 2 and min(r["value"] for r in brain) >= 0.99, brain
 
 
-def test_bfloat16_masks_of_every_structure_match_float32_masks(rows):
-    """On this sample (L=4, one target per source) every mask keeps Dice >= 0.99; not a
-    guarantee: bfloat16 outputs differ from float32 by up to ~0.02, so voxels that close to
-    0.5 flip, and on the held-out L=8 benchmark one small mask (the Colin27 amygdala) drops to
-    0.968 (benchmarks/results/precision_agreement_default_model.md), which is why the model
-    file's record keeps ``--precision auto`` in float32."""
+def test_bfloat16_masks_of_every_structure_stay_close_and_auto_follows_the_record(rows):
+    """Masks of every structure stay within a few boundary voxels (Dice >= 0.97): bfloat16
+    outputs differ from float32 by up to ~0.02, so voxels that close to 0.5 flip, most in thin
+    or small masks (CSF, amygdala, pallidum: 0.971-0.99 on the held-out L=8 benchmark,
+    benchmarks/results/precision_agreement_default_model.md). Where a mask here misses the
+    0.99 that ``--precision auto`` requires, the model file's own record misses it too, so auto
+    runs the bundled model in float32."""
+    from neuroverse_bids.model.checkpoint import load_checkpoint
+    from neuroverse_bids.model.engine.precision import recorded_shortfall
+
     dice = [r for r in rows if r["metric"] == "dice"]
     assert {"GM", "WM", "CSF", "Hippocampus", "Putamen"} <= {r["structure"] for r in dice}
     worst = min(dice, key=lambda r: r["value"])
-    assert worst["value"] >= 0.99, worst
+    assert worst["value"] >= 0.97, worst
+    metadata = load_checkpoint(default_model_path()).metadata
+    if worst["value"] < 0.99:
+        assert recorded_shortfall(metadata, "bfloat16"), metadata.get("precision_agreement")
 
 
 def test_bfloat16_images_match_float32_images(rows):
