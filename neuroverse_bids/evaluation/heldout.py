@@ -21,7 +21,9 @@ contexts' images from their grid label maps (jlf: from their native maps). Metho
 
 Dice per structure (11 FreeSurfer structures) in the target's native 1 mm space. Seconds per
 target: model = target to grid + prediction + back to native; jlf = coarse images + the L
-registrations + fusion + back to 1 mm; image synthesis is not counted.
+registrations + fusion + back to 1 mm; image synthesis is not counted. ANTs runs on
+ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS threads (default 1, for bit-reproducible registrations;
+set it to the core count for JLF's best wall time), recorded in heldout.json.
 
 ``--merge RUN [RUN ...]`` writes one table from earlier runs of the same targets, contexts and
 seed (e.g. each model on its own grid, and JLF run once): a method found in several runs takes
