@@ -7,6 +7,7 @@ and writes them as NIfTI files plus a ``neuroverse3d-train`` manifest. Nothing i
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Sequence
 
@@ -96,3 +97,13 @@ def make_toy_dataset(root, subjects: int = 6, shape: Sequence[int] = (16, 16, 16
         entries.append(Subject(sid, f"{rel}_T1w.nii.gz", f"{rel}_dseg.nii.gz",
                                f"{rel}_mask.nii.gz", {"T2w": f"{rel}_T2w.nii.gz"}))
     return save_manifest(Manifest([DatasetEntry(name, entries, space)], root), root / "manifest.json")
+
+
+def load_script(relative: str):
+    """A project script that is not a package module (``benchmarks/x.py``, ``scripts/x.py``),
+    loaded by path from the repository root."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,23 +6,15 @@ model file's record then keeps ``--precision auto`` in float32 (see the test's d
 Runs ``benchmarks/precision_agreement.py``'s measurement on a small sample; the script itself
 reports more subjects and tasks.
 """
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from neuroverse_bids.anatomy.dataset import make_training_data
 from neuroverse_bids.model import load_checkpoint
 from neuroverse_bids.model.pretrained import default_model_path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "precision_agreement.py"
-
+from synthetic import load_script
 
 def _script():
-    spec = importlib.util.spec_from_file_location("precision_agreement", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/precision_agreement.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,12 @@
 """scripts/recipe_table.py: steps, minutes and held-out figures of training recipes."""
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("recipe_table", ROOT / "scripts" / "recipe_table.py")
-recipe_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(recipe_table)
+from synthetic import load_script
+
+recipe_table = load_script("scripts/recipe_table.py")
 
 
 def _result(structure, method, mean, task="segmentation", size=8):

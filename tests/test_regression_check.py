@@ -1,16 +1,14 @@
 """``benchmarks/regression_check.py``: a candidate's eval results against a baseline's."""
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "regression_check.py"
+from synthetic import load_script
+
+SCRIPT = "benchmarks/regression_check.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("regression_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _eval(path: Path, values: dict, grid) -> Path:
@@ -23,7 +21,7 @@ def _eval(path: Path, values: dict, grid) -> Path:
 
 
 def test_flags_only_structures_below_the_tolerance(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its results writer, _report.py
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # its results writer, _report.py
     reference = _eval(tmp_path / "ref.json", {("GM", 8, "model"): 0.80, ("WM", 8, "model"): 0.70,
                                               ("GM", 4, "model"): 0.99,
                                               ("GM", 8, "majority-vote"): 0.75}, [8, 8, 8])
