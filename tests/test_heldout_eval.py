@@ -113,6 +113,9 @@ def test_end_to_end_outputs(varied, capsys):
     assert "## L = 3, T1-like contrast" in md and "| T2-like | 1 |" in md
     assert "**mean (11)**" in md and "seconds per target" in md
     assert f"`neuroverse3d-eval-heldout {out} --labelmaps" in md
+    from neuroverse_bids.workflows.reports import is_nonempty_image
+
+    assert is_nonempty_image(out / "heldout.png")  # Dice per structure and method, drawn
 
 
 def test_merge_of_runs_is_one_table(varied, tmp_path, capsys):
@@ -135,6 +138,7 @@ def test_merge_of_runs_is_one_table(varied, tmp_path, capsys):
     assert len(info["runs"]) == 2 and set(info["summary"]) == {r["method"] for r in rows}
     md = (out / "heldout.md").read_text()
     assert md.count("Command: `neuroverse3d-eval-heldout") == 2 and "at 3.0 mm" in md
+    assert (out / "heldout.png").is_file()
     # runs of other targets are not comparable: a usage error naming the folder
     assert main([str(tmp_path / "c"), *common[:-1], "6", "--methods", "majority"]) == 0
     assert main([str(tmp_path / "bad"), "--merge", str(tmp_path / "a"), str(tmp_path / "c")]) == 64

@@ -1,6 +1,6 @@
 """The held-out evaluation's outputs: ``heldout.tsv`` (one row per target, contrast, L,
 method and structure), ``heldout.json`` (means and the run's record) and ``heldout.md`` (the
-table of the model card)."""
+table of the model card) and ``heldout.png``."""
 from __future__ import annotations
 
 import csv
@@ -58,8 +58,7 @@ def markdown(summary: dict, info: dict) -> str:
     runs = info.get("runs") or [info]
     sizes = sorted({int(L) for m in summary.values() for c in m.values() for L in c})
     contrasts = [c for c in config["contrasts"] if any(c in summary[m] for m in methods)]
-    size = 8 if 8 in sizes else max(sizes)
-    contrast = "t1" if "t1" in contrasts else contrasts[0]
+    contrast, size = main_cell(summary, info)
     cell = lambda m, c, L: summary[m].get(c, {}).get(str(L))  # noqa: E731
     lines = ["# Held-out evaluation: Dice in the targets' native 1 mm space", "",
              f"Targets {', '.join(config['targets'])}; contexts drawn from "
@@ -109,11 +108,58 @@ def write_outputs(out: Path, rows: List[dict], summary: dict, info: dict) -> Dic
     for row in rows:
         writer.writerow({**row, "dice": "n/a" if not np.isfinite(row["dice"])
                          else f"{row['dice']:.4f}"})
-    paths = {"tsv": out / "heldout.tsv", "json": out / "heldout.json", "md": out / "heldout.md"}
+    paths = {"tsv": out / "heldout.tsv", "json": out / "heldout.json", "md": out / "heldout.md",
+             "png": out / "heldout.png"}
     write_text_atomic(paths["tsv"], buffer.getvalue())
     write_text_atomic(paths["json"], json.dumps({**info, "summary": summary}, indent=1) + "\n")
     write_text_atomic(paths["md"], markdown(summary, info))
+    plot(summary, info, paths["png"])
     return paths
+
+
+def main_cell(summary: dict, info: dict) -> tuple:
+    """The (contrast, L) of the main table: T1-like (else the first contrast) at L = 8 (else
+    the largest L)."""
+    sizes = sorted({int(L) for m in summary.values() for c in m.values() for L in c})
+    contrasts = [c for c in info["config"]["contrasts"] if any(c in m for m in summary.values())]
+    return ("t1" if "t1" in contrasts else contrasts[0]), (8 if 8 in sizes else max(sizes))
+
+
+def plot(summary: dict, info: dict, path: Path) -> Path:
+    """Dice per structure (and the mean of the 11), one bar per method, at the main table's
+    contrast and L; written whole or not at all."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..model.fileio import write_atomic
+
+    contrast, size = main_cell(summary, info)
+    names = list(STRUCTURE_NAMES) + ["mean (11)"]
+    methods = [m for m in summary if str(size) in summary[m].get(contrast, {})]
+    figure, ax = plt.subplots(figsize=(11, 3.8))
+    width = 0.8 / max(1, len(methods))
+    for index, method in enumerate(methods):
+        cell = summary[method][contrast][str(size)]
+        values = [(cell["structures"].get(n) or {}).get("mean") for n in STRUCTURE_NAMES]
+        values.append(cell["mean"])
+        ax.bar([i + (index - (len(methods) - 1) / 2) * width for i in range(len(names))],
+               [np.nan if v is None else v for v in values], width, label=method,
+               color=f"C{index % 10}")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([n.replace("Cerebral-", "").replace("-", " ") for n in names],
+                       rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice (native 1 mm)")
+    ax.set_title(f"Held-out targets {', '.join(info['config']['targets'])}: "
+                 f"{CONTRAST_TITLES.get(contrast, contrast)}, L = {size}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(len(methods), 4), loc="lower left")
+    figure.tight_layout()
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    plt.close(figure)
+    return path
 
 
 def read_run(folder: Path):
