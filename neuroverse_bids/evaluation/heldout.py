@@ -31,7 +31,7 @@ its grid as a suffix (majority@3mm, majority@2mm).
 
 Outputs in OUT: heldout.tsv (target, contrast, L, method, structure, dice, seconds, contexts),
 heldout.json (means per method/contrast/L/structure and of the 11, config, sha256 of the
-inputs, timings) and heldout.md (tables) and heldout.png
+inputs, timings), heldout.md (tables) and heldout.png
 (Dice per structure and method at the main table's contrast and L).
 
 Exit codes: 0 success, 64 usage error, 65 bad data or model, 66 missing input, 73 cannot write.

@@ -1,5 +1,5 @@
 """The held-out evaluation's outputs: ``heldout.tsv`` (one row per target, contrast, L,
-method and structure), ``heldout.json`` (means and the run's record) and ``heldout.md`` (the
+method and structure), ``heldout.json`` (means and the run's record), ``heldout.md`` (the
 table of the model card) and ``heldout.png``."""
 from __future__ import annotations
 
