@@ -63,8 +63,9 @@ def markdown(summary: dict, info: dict) -> str:
     lines = ["# Held-out evaluation: Dice in the targets' native 1 mm space", "",
              f"Targets {', '.join(config['targets'])}; contexts drawn from "
              f"{len(config['contexts'])} maps ({', '.join(config['contexts'])}); seed "
-             f"{config['seed']}; grid " + "; ".join(
-                 f"{r['grid']['shape']} at {r['grid']['voxel_size_mm']} mm" for r in runs) + ".", "",
+             f"{config['seed']}; grid " + "; ".join(dict.fromkeys(
+                 f"{r['grid']['shape']} at {r['grid']['voxel_size_mm']} mm" for r in runs)) + ".",
+             "",
              f"## L = {size}, {CONTRAST_TITLES.get(contrast, contrast)} contrast", "",
              "| structure | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for name in STRUCTURE_NAMES:
@@ -150,12 +151,13 @@ def plot(summary: dict, info: dict, path: Path) -> Path:
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([n.replace("Cerebral-", "").replace("-", " ") for n in names],
                        rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.12)  # headroom for the legend above the bars
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("Dice (native 1 mm)")
     ax.set_title(f"Held-out targets {', '.join(info['config']['targets'])}: "
                  f"{CONTRAST_TITLES.get(contrast, contrast)}, L = {size}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(len(methods), 4), loc="lower left")
+    ax.legend(fontsize=8, ncol=len(methods), loc="upper center", frameon=False)
     figure.tight_layout()
     write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     plt.close(figure)
