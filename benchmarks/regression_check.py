@@ -48,8 +48,8 @@ def compare(reference: Path, candidate: Path, size: int, tolerance: float,
         delta = new[key] - ref[key]
         rows.append({"dataset": key[0], "task": key[1], "structure": key[2], "metric": key[3],
                      "reference": ref[key], "candidate": new[key], "delta": delta,
-                     "reference_majority": ref_vote.get(key), "candidate_majority": new_vote.get(key),
-                     "ok": delta >= -allowed})
+                     "reference_majority": ref_vote.get(key),
+                     "candidate_majority": new_vote.get(key), "ok": delta >= -allowed})
     return rows
 
 
@@ -60,9 +60,11 @@ def _grid(path: Path) -> str:
 
 def markdown(rows: List[dict], args) -> str:
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"# Regression check: `{args.candidate}` vs `{args.reference}` (L = {args.context_size})",
-             "", f"Command: `python benchmarks/regression_check.py {args.reference} {args.candidate} "
-             f"--context-size {args.context_size} --tolerance {args.tolerance} --tag {args.tag}`", "",
+    lines = [f"# Regression check: `{args.candidate}` vs `{args.reference}` "
+             f"(L = {args.context_size})", "",
+             f"Command: `python benchmarks/regression_check.py {args.reference} {args.candidate} "
+             f"--context-size {args.context_size} --tolerance {args.tolerance} --tag {args.tag}`",
+             "",
              f"Target: no Dice below the reference by more than {args.tolerance} (PSNR: "
              f"{args.psnr_tolerance} dB). Each model runs on its own grid (reference "
              f"{_grid(args.reference)}; candidate {_grid(args.candidate)}), so each Dice is on "

@@ -21,7 +21,8 @@ def _eval(path: Path, values: dict, grid) -> Path:
 
 
 def test_flags_only_structures_below_the_tolerance(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # its results writer, _report.py
+    # main() imports its results writer, benchmarks/_report.py, from beside the script
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     reference = _eval(tmp_path / "ref.json", {("GM", 8, "model"): 0.80, ("WM", 8, "model"): 0.70,
                                               ("GM", 4, "model"): 0.99,
                                               ("GM", 8, "majority-vote"): 0.75}, [8, 8, 8])

@@ -56,8 +56,7 @@ def markdown(summary: dict, info: dict) -> str:
     config = info["config"]
     methods = [m for m in summary]
     runs = info.get("runs") or [info]
-    sizes = sorted({int(L) for m in summary.values() for c in m.values() for L in c})
-    contrasts = [c for c in config["contrasts"] if any(c in summary[m] for m in methods)]
+    contrasts, sizes = table_axes(summary, info)
     contrast, size = main_cell(summary, info)
     cell = lambda m, c, L: summary[m].get(c, {}).get(str(L))  # noqa: E731
     lines = ["# Held-out evaluation: Dice in the targets' native 1 mm space", "",
@@ -83,19 +82,20 @@ def markdown(summary: dict, info: dict) -> str:
         for L in sizes:
             lines.append(f"| {CONTRAST_TITLES.get(c, c)} | {L} | " + " | ".join(
                 _cell((cell(m, c, L) or {}).get("mean")) for m in methods) + " |")
-    jlf = next((r["config"]["jlf"] for r in runs if "jlf" in r["config"]["methods"]),
-               config["jlf"])
+    jlf_run = next((r for r in runs if "jlf" in r["config"]["methods"]), runs[0])
+    jlf = jlf_run["config"]["jlf"]
     jlf_note = ("jlf: SyN of each native context to "
                 f"the native target and joint label fusion at {jlf['voxel_mm']} mm (block "
                 "means/majority, cropped to the head + "
                 f"{jlf['margin_mm']} mm), nearest back to 1 mm; {jlf['transform']} from the "
                 f"maps' template affines, SyN iterations {jlf['reg_iterations']}, search radius "
-                f"{jlf['r_search']}, patch radius {jlf['rad']}. " if any(m.startswith("jlf") for m in methods) else "")
+                f"{jlf['r_search']}, patch radius {jlf['rad']}. "
+                if any(m.startswith("jlf") for m in methods) else "")
     lines += ["", "Notes: model and majority run on the model grid and are mapped back with the "
               "inverse transform (linear, > 0.5); grid-truth is the target's own grid label map "
               "mapped back the same way (the grid's ceiling). " + jlf_note + "Seconds per target "
               f"exclude image synthesis; torch threads {info['threads']['torch']}, ITK threads "
-              f"{info['threads']['itk']}.", ""]
+              f"{jlf_run['threads']['itk']}.", ""]
     lines += [f"Command: `{r['command']}`" for r in runs] + [""]
     return "\n".join(lines)
 
@@ -118,11 +118,17 @@ def write_outputs(out: Path, rows: List[dict], summary: dict, info: dict) -> Dic
     return paths
 
 
+def table_axes(summary: dict, info: dict) -> tuple:
+    """``(contrasts, sizes)`` that the summary holds, in the run's order and ascending."""
+    sizes = sorted({int(L) for m in summary.values() for c in m.values() for L in c})
+    contrasts = [c for c in info["config"]["contrasts"] if any(c in m for m in summary.values())]
+    return contrasts, sizes
+
+
 def main_cell(summary: dict, info: dict) -> tuple:
     """The (contrast, L) of the main table: T1-like (else the first contrast) at L = 8 (else
     the largest L)."""
-    sizes = sorted({int(L) for m in summary.values() for c in m.values() for L in c})
-    contrasts = [c for c in info["config"]["contrasts"] if any(c in m for m in summary.values())]
+    contrasts, sizes = table_axes(summary, info)
     return ("t1" if "t1" in contrasts else contrasts[0]), (8 if 8 in sizes else max(sizes))
 
 
