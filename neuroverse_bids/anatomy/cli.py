@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ExitCode, run_with_exit_codes
-from ..workflows.errors import UsageError
+from ..cli.options import add_grid_option, grid_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subjects", type=int, default=50,
                         help="subjects per dataset (source x kind; default 50)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--grid", type=int, nargs="+", default=[64],
-                        help="grid voxels: one side or D H W (default 64; e.g. 72 88 72)")
+    add_grid_option(parser)
     parser.add_argument("--voxel-size", type=float, default=3.0, help="voxel size in mm (default 3)")
     parser.add_argument("--sources", nargs="+", choices=list(SOURCES), default=list(SOURCES))
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS),
@@ -49,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     from .dataset import make_training_data
 
-    if len(args.grid) not in (1, 3):
-        raise UsageError("--grid takes one side or three sizes (D H W)")
-    grid = args.grid[0] if len(args.grid) == 1 else tuple(args.grid)
+    grid = grid_size(args.grid)  # one side (broadcast to a cube) or D H W
     start = time.perf_counter()
     manifest = make_training_data(args.out, args.subjects, args.seed, grid, args.voxel_size,
                                   args.sources, args.kinds, args.exclude)

@@ -39,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import __version__
+from ..cli.options import add_grid_option, grid_size
 from ..errors import ExitCode, run_with_exit_codes
 from ..model.hashing import file_sha256
 from ..model.training.labelmap_synthesis import (EXTRACEREBRAL_MIN, LABEL_NAMES, PRIORS,
@@ -257,8 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"neuroverse3d {__version__}")
     parser.add_argument("folder", type=Path, help="folder of label maps (NIfTI, FreeSurfer codes)")
     parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--grid", type=int, nargs="+", default=[64],
-                        help="grid voxels: one side or D H W (default 64; e.g. 72 88 72)")
+    add_grid_option(parser)
     parser.add_argument("--voxel-size", type=float, default=3.0, help="mm (default 3)")
     parser.add_argument("--held-out", type=int, nargs="*", default=[17, 18, 19, 20],
                         help="map numbers never used in training or validation (default 17-20)")
@@ -275,10 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    if len(args.grid) not in (1, 3):
-        raise UsageError("--grid takes one side or three sizes (D H W)")
     start = time.perf_counter()
-    manifests = build_labelmap_data(args.folder, args.out, args.grid, args.voxel_size,
+    manifests = build_labelmap_data(args.folder, args.out, grid_size(args.grid), args.voxel_size,
                                     args.held_out, args.validation, args.registration,
                                     args.transforms, args.seed)
     print(f"neuroverse3d-make-labelmap-data: done in {time.perf_counter() - start:.0f} s; "

@@ -61,6 +61,21 @@ def memory_size(value: str) -> float:
     return gigabytes
 
 
+def add_grid_option(parser: argparse.ArgumentParser) -> None:
+    """``--grid``: the model grid's size in voxels, one side (a cube) or D H W."""
+    parser.add_argument("--grid", type=int, nargs="+", default=[64],
+                        help="grid voxels: one side or D H W (default 64; e.g. 72 88 72)")
+
+
+def grid_size(values) -> list:
+    """The parsed ``--grid`` values (1 or 3 sizes), else a usage error (exit 64)."""
+    from ..workflows.errors import UsageError
+
+    if len(values) not in (1, 3):
+        raise UsageError("--grid takes one side or three sizes (D H W)")
+    return list(values)
+
+
 def add_inference_options(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("Inference")
     group.add_argument("--device", default="auto",
